@@ -1,0 +1,135 @@
+"""The Numba backend object: allocation, argument normalisation, path choice.
+
+The compiled time loops live in :mod:`polylstm_numba._kernels`; this module
+does the large one-shot products with NumPy (the input projection before the
+forward loop; ``dx``, ``dw_ih``, ``dw_hh``, ``db`` after the backward loop) and
+picks between the two recurrence strategies described there.
+
+Shapes: T time steps, B batch, I input size, H hidden size.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from polylstm.backend import Backend, ForwardOutput, Gradients
+
+from . import _kernels
+
+#: Below this many multiply-adds per step and thread in the recurrent product
+#: (rows_per_thread * H * 4H), the hand-written product in per-thread row
+#: blocks beats one BLAS call per step. Measured, see docs/benchmarks.md.
+ROWS_PATH_MAX_MACS = 1 << 20
+
+
+def _row_blocks(B, nthreads):
+    """(nb + 1,) int64 boundaries cutting B rows into nb = min(B, nthreads) blocks."""
+    nb = max(1, min(B, nthreads))
+    return np.linspace(0, B, nb + 1).astype(np.int64)
+
+
+class NumbaBackend(Backend):
+    """LSTM primitive compiled with numba; float32 and float64, every feature.
+
+    path: ``"auto"`` (choose per call), ``"rows"`` or ``"blas"`` (force one
+    recurrence strategy; used by the tests to check both on any shape).
+    """
+
+    name = "numba"
+    xp = np
+
+    def __init__(self, path: str = "auto"):
+        if path not in ("auto", "rows", "blas"):
+            raise ValueError(f"path must be 'auto', 'rows' or 'blas', not {path!r}")
+        self.path = path
+
+    def choose_path(self, B, H):
+        """'rows' or 'blas' for a batch of B rows and hidden size H."""
+        if self.path != "auto":
+            return self.path
+        nthreads = numba.get_num_threads()
+        rows_per_thread = -(-B // max(1, min(B, nthreads)))
+        return "rows" if rows_per_thread * H * 4 * H <= ROWS_PATH_MAX_MACS else "blas"
+
+    def forward(self, x, w_ih, w_hh, b, h0, c0, peephole, lengths, reverse, store):
+        """x: (T, B, I)  w_ih: (4H, I)  w_hh: (4H, H)  b: (4H,)  h0, c0: (B, H)
+        peephole: (3, H) or None  lengths: (B,) int64 or None.
+        Returns ForwardOutput (gates (T, B, 4H) and c (T, B, H) when store)."""
+        T, B, I = x.shape
+        H = w_hh.shape[1]
+        dtype = x.dtype
+        lengths = _lengths(lengths, T, B)
+        p = _peephole(peephole, H, dtype)
+
+        # Input projection of all steps in one product, bias folded in.
+        xw = np.matmul(x.reshape(T * B, I), w_ih.T).reshape(T, B, 4 * H)
+        xw += b
+        w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 4H): rows feed the vectorised loop
+
+        y = np.zeros((T, B, H), dtype)
+        if store:
+            gates = np.zeros((T, B, 4 * H), dtype)
+            ctape = np.zeros((T, B, H), dtype)
+        else:  # per-step scratch, overwritten every step
+            gates = np.empty((1, B, 4 * H), dtype)
+            ctape = np.empty((1, B, H), dtype)
+        h = h0.copy()
+        c = c0.copy()
+        acc = np.empty((B, 4 * H), dtype)
+        reverse = bool(reverse)
+        if self.choose_path(B, H) == "rows":
+            blocks = _row_blocks(B, numba.get_num_threads())
+            _kernels.forward_rows(blocks, xw, w_hh_t, p, lengths, reverse,
+                                  h, c, y, gates, ctape, acc)
+        else:
+            _kernels.forward_blas(xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc)
+        if not store:
+            return ForwardOutput(y=y, h_n=h, c_n=c)
+        return ForwardOutput(y=y, h_n=h, c_n=c, gates=gates, c=ctape)
+
+    def backward(self, tape, dy, dh_n, dc_n):
+        """dy: (T, B, H)  dh_n, dc_n: (B, H). Returns Gradients."""
+        T, B, I, H = tape.shape
+        dtype = tape.x.dtype
+        lengths = _lengths(tape.lengths, T, B)
+        p = _peephole(tape.peephole, H, dtype)
+        dh = dh_n.copy()
+        dc = dc_n.copy()
+        da = np.zeros((T, B, 4 * H), dtype)
+        hprev = np.zeros((T, B, H), dtype)
+        tmp = np.empty((B, H), dtype)
+        reverse = bool(tape.reverse)
+        if self.choose_path(B, H) == "rows":
+            blocks = _row_blocks(B, numba.get_num_threads())
+            dp = np.zeros((blocks.shape[0] - 1, 3, H), dtype)
+            _kernels.backward_rows(blocks, dy, tape.w_hh, p, lengths, reverse, tape.h0, tape.c0,
+                                   tape.y, tape.gates, tape.c, dh, dc, da, hprev, dp, tmp)
+        else:
+            dp = np.zeros((1, 3, H), dtype)
+            _kernels.backward_blas(dy, tape.w_hh, p, lengths, reverse, tape.h0, tape.c0,
+                                   tape.y, tape.gates, tape.c, dh, dc, da, hprev, dp, tmp)
+
+        # Parameter and input gradients: one large product each over all steps.
+        flat_da = da.reshape(T * B, 4 * H)
+        dx = np.matmul(flat_da, tape.w_ih).reshape(T, B, I)
+        dw_ih = np.matmul(flat_da.T, tape.x.reshape(T * B, I))
+        dw_hh = np.matmul(flat_da.T, hprev.reshape(T * B, H))
+        db = flat_da.sum(axis=0)
+        dpeephole = dp.sum(axis=0) if tape.peephole is not None else None
+        return Gradients(dx=dx, dw_ih=dw_ih, dw_hh=dw_hh, db=db, dh0=dh, dc0=dc,
+                         dpeephole=dpeephole)
+
+
+def _lengths(lengths, T, B):
+    """(B,) int64 lengths; all T when the call has none."""
+    if lengths is None:
+        return np.full(B, T, np.int64)
+    return np.ascontiguousarray(lengths, dtype=np.int64)
+
+
+def _peephole(peephole, H, dtype):
+    """(3, H) peepholes; zeros when the call has none (adds exactly 0 to finite values)."""
+    if peephole is None:
+        return np.zeros((3, H), dtype)
+    return peephole

@@ -1,0 +1,236 @@
+"""Compiled LSTM kernels (numba). Imported only by ``NumbaBackend`` at load time.
+
+Shapes: T time steps, B batch, I input size, H hidden size, G = 4H.
+Every array argument is C-contiguous and all float arrays share one dtype
+(float32 or float64); every function is compiled once per dtype and cached on
+disk (``cache=True``), so a machine pays the JIT cost once.
+
+Time order follows the reference: the loop visits t = 0..T-1 (or T-1..0 when
+``reverse``), every sequence at the same t; sequence b is *active* at t when
+``t < lengths[b]``. An inactive sequence keeps its state and gets zeros in
+``y``, ``gates`` and ``c`` (the output buffers arrive zero-filled). For a
+reverse direction this starts each sequence at its own ``lengths[b] - 1``.
+
+Two ways to run the recurrence, chosen by the caller per call:
+
+* **rows** (``*_rows``): the batch is cut into contiguous row blocks, one per
+  thread (``prange``); each thread runs the whole time loop for its rows with
+  a hand-written matrix product. Rows of different blocks never interact, so
+  there is no per-step synchronisation and no BLAS call per step; good for
+  small and medium shapes where one step is microseconds of work.
+* **blas** (``*_blas``): one thread walks time; the per-step product is one
+  BLAS GEMM over the whole batch (``np.dot`` with ``out``, so no allocation),
+  using BLAS's own threads. Good for large shapes, where BLAS's blocked GEMM
+  is near peak and per-call overhead is negligible.
+
+The input projection (forward) and the parameter/input gradients (backward)
+are single large products done by the caller outside these loops.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._activations import one_like, sigmoid, tanh
+
+# 'contract' lets LLVM fuse a*b+c into one FMA: faster and still deterministic
+# (the same machine code runs on every call). No reassociation is allowed.
+_FASTMATH = {"contract"}
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def matmul_acc(a, w, out):
+    """out (M, N) += a (M, K) @ w (K, N). All C-contiguous, one dtype.
+
+    Four rows of ``w`` per pass over an output row: each load/store of
+    ``out`` then carries four FMAs, and the inner loop over N vectorises.
+    """
+    M, K = a.shape
+    N = w.shape[1]
+    K4 = K - K % 4
+    for m in range(M):
+        orow = out[m]
+        arow = a[m]
+        for k in range(0, K4, 4):
+            a0 = arow[k]
+            a1 = arow[k + 1]
+            a2 = arow[k + 2]
+            a3 = arow[k + 3]
+            w0 = w[k]
+            w1 = w[k + 1]
+            w2 = w[k + 2]
+            w3 = w[k + 3]
+            for n in range(N):
+                orow[n] += a0 * w0[n] + a1 * w1[n] + a2 * w2[n] + a3 * w3[n]
+        for k in range(K4, K):
+            ak = arow[k]
+            wk = w[k]
+            for n in range(N):
+                orow[n] += ak * wk[n]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _cell_forward_row(a, xr, p, hr, cr, yr, gr, ctr):
+    """One sequence, one step of the cell; vectorised over the hidden units.
+
+    a:  (4H,) recurrent part h_{t-1} @ w_hh.T     xr: (4H,) x_t @ w_ih.T + b
+    p:  (3, H) peepholes (zeros when the call has none)
+    hr, cr: (H,) state, updated in place.  yr: (H,) output row.
+    gr: (4H,) post-activation gates out.   ctr: (H,) cell state out.
+    """
+    H = hr.shape[0]
+    pi = p[0]
+    pf = p[1]
+    po = p[2]
+    for j in range(H):
+        cp = cr[j]
+        ig = sigmoid(a[j] + xr[j] + pi[j] * cp)
+        fg = sigmoid(a[H + j] + xr[H + j] + pf[j] * cp)
+        gg = tanh(a[2 * H + j] + xr[2 * H + j])
+        cn = fg * cp + ig * gg
+        og = sigmoid(a[3 * H + j] + xr[3 * H + j] + po[j] * cn)
+        hn = og * tanh(cn)
+        gr[j] = ig
+        gr[H + j] = fg
+        gr[2 * H + j] = gg
+        gr[3 * H + j] = og
+        ctr[j] = cn
+        cr[j] = cn
+        hr[j] = hn
+        yr[j] = hn
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _forward_steps(r0, r1, xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc, use_blas):
+    """Time loop for batch rows r0..r1-1 (all of them when ``use_blas``).
+
+    xw: (T, B, 4H) input projection + bias.   w_hh_t: (H, 4H) = w_hh.T, C order.
+    p: (3, H)   lengths: (B,) int64   h, c: (B, H) state, updated in place.
+    y: (T, B, H), gates: (T, B, 4H), ctape: (T, B, H) zero-filled outputs; when
+    the caller keeps no tape, ``gates`` and ``ctape`` are (1, B, ·) scratch
+    rewritten every step.   acc: (B, 4H) scratch for the recurrent product.
+    """
+    T = xw.shape[0]
+    keep = gates.shape[0] == T
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        tt = t if keep else 0
+        hs = h[r0:r1]
+        ac = acc[r0:r1]
+        if use_blas:
+            np.dot(hs, w_hh_t, ac)
+        else:
+            ac[:] = 0
+            matmul_acc(hs, w_hh_t, ac)
+        for r in range(r0, r1):
+            if t < lengths[r]:
+                _cell_forward_row(acc[r], xw[t, r], p, h[r], c[r], y[t, r],
+                                  gates[tt, r], ctape[tt, r])
+
+
+@njit(cache=True, parallel=True)
+def forward_rows(blocks, xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc):
+    """Recurrence with one thread per row block; ``blocks`` (nb+1,) are the
+    block boundaries into the batch. Other arguments as ``_forward_steps``."""
+    for k in prange(blocks.shape[0] - 1):
+        _forward_steps(blocks[k], blocks[k + 1], xw, w_hh_t, p, lengths, reverse,
+                       h, c, y, gates, ctape, acc, False)
+
+
+@njit(cache=True)
+def forward_blas(xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc):
+    """Recurrence on one thread with a BLAS GEMM per step over the whole batch."""
+    _forward_steps(0, h.shape[0], xw, w_hh_t, p, lengths, reverse,
+                   h, c, y, gates, ctape, acc, True)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _cell_backward_row(dhr, dcr, dyr, gr, ctr, cpr, p, dar, dp):
+    """One sequence, one step of BPTT through the cell, over the hidden units.
+
+    dhr, dcr: (H,) gradient reaching h_t, c_t from later steps; dcr is
+    replaced by the gradient for c_{t-1}.   dyr: (H,) dy_t.
+    gr: (4H,) gates i f g o.   ctr: (H,) c_t.   cpr: (H,) c_{t-1}.
+    p: (3, H) peepholes (zeros when none).   dar: (4H,) da_t out.
+    dp: (3, H) peephole gradient, accumulated.
+    """
+    H = dhr.shape[0]
+    one = one_like(dhr[0])
+    for j in range(H):
+        ig = gr[j]
+        fg = gr[H + j]
+        gg = gr[2 * H + j]
+        og = gr[3 * H + j]
+        ct = ctr[j]
+        cp = cpr[j]
+        tc = tanh(ct)
+        dh = dhr[j] + dyr[j]
+        dao = dh * tc * og * (one - og)
+        dct = dcr[j] + dh * og * (one - tc * tc) + dao * p[2, j]
+        dai = dct * gg * ig * (one - ig)
+        daf = dct * cp * fg * (one - fg)
+        dag = dct * ig * (one - gg * gg)
+        dcr[j] = dct * fg + dai * p[0, j] + daf * p[1, j]
+        dar[j] = dai
+        dar[H + j] = daf
+        dar[2 * H + j] = dag
+        dar[3 * H + j] = dao
+        dp[0, j] += dai * cp
+        dp[1, j] += daf * cp
+        dp[2, j] += dao * ct
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
+                    dh, dc, da, hprev, dp, tmp, use_blas):
+    """BPTT time loop for batch rows r0..r1-1 (all rows when ``use_blas``).
+
+    dy: (T, B, H)   w_hh: (4H, H)   p: (3, H)   lengths: (B,)   h0, c0: (B, H)
+    y, ctape: (T, B, H) and gates: (T, B, 4H) from the tape.
+    dh, dc: (B, H) start as dh_n, dc_n and end as dh0, dc0 (updated in place).
+    da: (T, B, 4H) zero-filled, receives da_t.   hprev: (T, B, H) receives
+    h_{t-1} of every active step (for dw_hh).   dp: (nblocks, 3, H) zero-filled,
+    row ``blk`` receives this block's peephole gradient.   tmp: (B, H) scratch.
+    """
+    T = dy.shape[0]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        for r in range(r0, r1):
+            if t < lengths[r]:
+                tp = t + 1 if reverse else t - 1
+                first = tp >= lengths[r] if reverse else tp < 0
+                if first:
+                    cpr = c0[r]
+                    hpr = h0[r]
+                else:
+                    cpr = ctape[tp, r]
+                    hpr = y[tp, r]
+                hprev[t, r] = hpr
+                _cell_backward_row(dh[r], dc[r], dy[t, r], gates[t, r], ctape[t, r], cpr,
+                                   p, da[t, r], dp[blk])
+        tm = tmp[r0:r1]
+        if use_blas:
+            np.dot(da[t, r0:r1], w_hh, tm)
+        else:
+            tm[:] = 0
+            matmul_acc(da[t, r0:r1], w_hh, tm)
+        for r in range(r0, r1):
+            if t < lengths[r]:
+                dh[r] = tmp[r]
+
+
+@njit(cache=True, parallel=True)
+def backward_rows(blocks, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
+                  dh, dc, da, hprev, dp, tmp):
+    """BPTT with one thread per row block (see ``forward_rows``);
+    ``dp`` is (nblocks, 3, H). Other arguments as ``_backward_steps``."""
+    for k in prange(blocks.shape[0] - 1):
+        _backward_steps(blocks[k], blocks[k + 1], k, dy, w_hh, p, lengths, reverse, h0, c0,
+                        y, gates, ctape, dh, dc, da, hprev, dp, tmp, False)
+
+
+@njit(cache=True)
+def backward_blas(dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
+                  dh, dc, da, hprev, dp, tmp):
+    """BPTT on one thread with a BLAS GEMM per step; ``dp`` is (1, 3, H)."""
+    _backward_steps(0, dh.shape[0], 0, dy, w_hh, p, lengths, reverse, h0, c0,
+                    y, gates, ctape, dh, dc, da, hprev, dp, tmp, True)
