@@ -145,19 +145,22 @@ class Registry:
                 continue
             self._register_plugin(plugin, name, f"built-in module {module_name}")
 
-    def _register_plugin(self, plugin, name: str, source: str) -> None:
+    def _register_plugin(self, plugin, name: str, source: str) -> Optional[BrokenPlugin]:
+        """Register ``plugin`` and call its hook; returns the failure, if any (also recorded)."""
+
+        def broken(message: str) -> BrokenPlugin:
+            record = BrokenPlugin(name, source, message)
+            self._broken.append(record)
+            return record
+
         try:
             self.plugin_manager.register(plugin, name=name)
         except Exception as exc:  # e.g. a hook with a wrong signature
-            self._broken.append(BrokenPlugin(name, source, _describe_error(exc)))
-            return
+            return broken(_describe_error(exc))
         impls = [i for i in self.plugin_manager.hook.polylstm_register_backends.get_hookimpls() if i.plugin is plugin]
         if not impls:
-            self._broken.append(
-                BrokenPlugin(name, source, "PluginError: plugin defines no polylstm_register_backends hook")
-            )
             self.plugin_manager.unregister(plugin)
-            return
+            return broken("PluginError: plugin defines no polylstm_register_backends hook")
         for impl in impls:
             # Each plugin is called on its own so one failure stays contained.
             added: list[str] = []
@@ -166,7 +169,8 @@ class Registry:
             except Exception as exc:
                 for backend_name in added:
                     self._entries.pop(backend_name, None)
-                self._broken.append(BrokenPlugin(name, source, _describe_error(exc)))
+                return broken(_describe_error(exc))
+        return None
 
     def _add(self, info: BackendInfo, source: str) -> str:
         if not isinstance(info, BackendInfo):
@@ -191,7 +195,9 @@ class Registry:
         self._ensure_discovered()
         with self._lock:
             plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
-            self._register_plugin(plugin, plugin_name, f"registered at run time ({plugin_name})")
+            failure = self._register_plugin(plugin, plugin_name, f"registered at run time ({plugin_name})")
+        if failure is not None:
+            raise PluginError(f"plugin {plugin_name!r} failed to register: {failure.error}")
 
     def register_backend(self, info: BackendInfo, source: str = "registered at run time") -> None:
         """Register one backend description directly."""
