@@ -169,10 +169,11 @@ def find_nvcc() -> str | None:
     return None
 
 
-def nvcc_compile(nvcc: str, file: str, suffix: str, arch: str, kind: str = "ptx") -> bytes:
+def nvcc_compile(nvcc: str, file, suffix: str, arch: str, kind: str = "ptx") -> bytes:
     """Compile kernel file ``file`` for one dtype with nvcc; returns PTX or cubin.
 
-    ``arch`` is ``"sm_80"``-style; ``kind`` is ``"ptx"`` or ``"cubin"``. Warnings
+    ``file`` is a name in the package directory or a path. ``arch`` is
+    ``"sm_80"``-style; ``kind`` is ``"ptx"`` or ``"cubin"``. Warnings
     are errors and ptxas flags any double-precision use, so a float32 module
     that silently computes in double fails here.
     """
@@ -185,7 +186,7 @@ def nvcc_compile(nvcc: str, file: str, suffix: str, arch: str, kind: str = "ptx"
         ]
         if suffix == "f32":
             cmd += ["-Xptxas", "--warn-on-double-precision-use"]
-        cmd += [str(_kernels.KERNEL_DIR / file), "-o", str(out)]
+        cmd += [str(_kernels.KERNEL_DIR / file), "-o", str(out)]  # an absolute path stays as is
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise CompileError(
