@@ -10,6 +10,9 @@ Shapes: T time steps, B batch, I input size, H hidden size.
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+
 import numba
 import numpy as np
 
@@ -24,9 +27,35 @@ ROWS_PATH_MAX_MACS = 1 << 20
 
 
 def _row_blocks(B, nthreads):
-    """(nb + 1,) int64 boundaries cutting B rows into nb = min(B, nthreads) blocks."""
+    """[(r0, r1), ...]: B rows cut into min(B, nthreads) contiguous blocks."""
     nb = max(1, min(B, nthreads))
-    return np.linspace(0, B, nb + 1).astype(np.int64)
+    edges = [B * k // nb for k in range(nb + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _run_blocks(function, blocks, *args):
+    """Call ``function(r0, r1, k, *args)`` for every block k, block 0 on this
+    thread and the others on a shared pool; the kernels release the GIL.
+    Worker threads block on a queue when idle, so they never spin against
+    BLAS's threads or other processes."""
+    global _POOL
+    if len(blocks) == 1:
+        function(blocks[0][0], blocks[0][1], 0, *args)
+        return
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < len(blocks) - 1:
+            _POOL = concurrent.futures.ThreadPoolExecutor(
+                max_workers=len(blocks) - 1, thread_name_prefix="polylstm-numba")
+        pool = _POOL
+    futures = [pool.submit(function, r0, r1, k, *args)
+               for k, (r0, r1) in enumerate(blocks) if k > 0]
+    function(blocks[0][0], blocks[0][1], 0, *args)
+    for future in futures:
+        future.result()
 
 
 class NumbaBackend(Backend):
@@ -79,9 +108,8 @@ class NumbaBackend(Backend):
         acc = np.empty((B, 4 * H), dtype)
         reverse = bool(reverse)
         if self.choose_path(B, H) == "rows":
-            blocks = _row_blocks(B, numba.get_num_threads())
-            _kernels.forward_rows(blocks, xw, w_hh_t, p, lengths, reverse,
-                                  h, c, y, gates, ctape, acc)
+            _run_blocks(_forward_block, _row_blocks(B, numba.get_num_threads()),
+                        xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc)
         else:
             _kernels.forward_blas(xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc)
         if not store:
@@ -102,9 +130,9 @@ class NumbaBackend(Backend):
         reverse = bool(tape.reverse)
         if self.choose_path(B, H) == "rows":
             blocks = _row_blocks(B, numba.get_num_threads())
-            dp = np.zeros((blocks.shape[0] - 1, 3, H), dtype)
-            _kernels.backward_rows(blocks, dy, tape.w_hh, p, lengths, reverse, tape.h0, tape.c0,
-                                   tape.y, tape.gates, tape.c, dh, dc, da, hprev, dp, tmp)
+            dp = np.zeros((len(blocks), 3, H), dtype)
+            _run_blocks(_kernels.backward_rows, blocks, dy, tape.w_hh, p, lengths, reverse,
+                        tape.h0, tape.c0, tape.y, tape.gates, tape.c, dh, dc, da, hprev, dp, tmp)
         else:
             dp = np.zeros((1, 3, H), dtype)
             _kernels.backward_blas(dy, tape.w_hh, p, lengths, reverse, tape.h0, tape.c0,
@@ -119,6 +147,11 @@ class NumbaBackend(Backend):
         dpeephole = dp.sum(axis=0) if tape.peephole is not None else None
         return Gradients(dx=dx, dw_ih=dw_ih, dw_hh=dw_hh, db=db, dh0=dh, dc0=dc,
                          dpeephole=dpeephole)
+
+
+def _forward_block(r0, r1, k, *args):
+    """_run_blocks adapter: the forward kernel takes no block index."""
+    _kernels.forward_rows(r0, r1, *args)
 
 
 def _lengths(lengths, T, B):

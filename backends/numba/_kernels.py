@@ -14,10 +14,13 @@ reverse direction this starts each sequence at its own ``lengths[b] - 1``.
 Two ways to run the recurrence, chosen by the caller per call:
 
 * **rows** (``*_rows``): the batch is cut into contiguous row blocks, one per
-  thread (``prange``); each thread runs the whole time loop for its rows with
-  a hand-written matrix product. Rows of different blocks never interact, so
+  thread; each thread runs the whole time loop for its rows with a
+  hand-written matrix product. Rows of different blocks never interact, so
   there is no per-step synchronisation and no BLAS call per step; good for
-  small and medium shapes where one step is microseconds of work.
+  small and medium shapes where one step is microseconds of work. The
+  threads are plain Python threads calling these GIL-free functions (see
+  ``_backend``), not numba's ``parallel=True``: its OpenMP layer spin-waits,
+  which on a 2-core machine shared with other work made one call 16x slower.
 * **blas** (``*_blas``): one thread walks time; the per-step product is one
   BLAS GEMM over the whole batch (``np.dot`` with ``out``, so no allocation),
   using BLAS's own threads. Good for large shapes, where BLAS's blocked GEMM
@@ -28,16 +31,18 @@ are single large products done by the caller outside these loops.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._activations import one_like, sigmoid, tanh
 
 # 'contract' lets LLVM fuse a*b+c into one FMA: faster and still deterministic
 # (the same machine code runs on every call). No reassociation is allowed.
+# error_model="numpy": with Python's error model every float division checks
+# for zero and raises, a branch that stops LLVM vectorising the gate loops.
 _FASTMATH = {"contract"}
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def matmul_acc(a, w, out):
     """out (M, N) += a (M, K) @ w (K, N). All C-contiguous, one dtype.
 
@@ -68,7 +73,7 @@ def matmul_acc(a, w, out):
                 orow[n] += ak * wk[n]
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _cell_forward_row(a, xr, p, hr, cr, yr, gr, ctr):
     """One sequence, one step of the cell; vectorised over the hidden units.
 
@@ -99,7 +104,7 @@ def _cell_forward_row(a, xr, p, hr, cr, yr, gr, ctr):
         yr[j] = hn
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _forward_steps(r0, r1, xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc, use_blas):
     """Time loop for batch rows r0..r1-1 (all of them when ``use_blas``).
 
@@ -127,23 +132,21 @@ def _forward_steps(r0, r1, xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctap
                                   gates[tt, r], ctape[tt, r])
 
 
-@njit(cache=True, parallel=True)
-def forward_rows(blocks, xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc):
-    """Recurrence with one thread per row block; ``blocks`` (nb+1,) are the
-    block boundaries into the batch. Other arguments as ``_forward_steps``."""
-    for k in prange(blocks.shape[0] - 1):
-        _forward_steps(blocks[k], blocks[k + 1], xw, w_hh_t, p, lengths, reverse,
-                       h, c, y, gates, ctape, acc, False)
+@njit(cache=True, nogil=True, error_model="numpy")
+def forward_rows(r0, r1, xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc):
+    """Recurrence for rows r0..r1-1 with the hand-written product; releases
+    the GIL so the caller can run one row block per thread."""
+    _forward_steps(r0, r1, xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc, False)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def forward_blas(xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc):
     """Recurrence on one thread with a BLAS GEMM per step over the whole batch."""
     _forward_steps(0, h.shape[0], xw, w_hh_t, p, lengths, reverse,
                    h, c, y, gates, ctape, acc, True)
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _cell_backward_row(dhr, dcr, dyr, gr, ctr, cpr, p, dar, dp):
     """One sequence, one step of BPTT through the cell, over the hidden units.
 
@@ -179,7 +182,7 @@ def _cell_backward_row(dhr, dcr, dyr, gr, ctr, cpr, p, dar, dp):
         dp[2, j] += dao * ct
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
                     dh, dc, da, hprev, dp, tmp, use_blas):
     """BPTT time loop for batch rows r0..r1-1 (all rows when ``use_blas``).
@@ -218,17 +221,16 @@ def _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates
                 dh[r] = tmp[r]
 
 
-@njit(cache=True, parallel=True)
-def backward_rows(blocks, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
+@njit(cache=True, nogil=True, error_model="numpy")
+def backward_rows(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
                   dh, dc, da, hprev, dp, tmp):
-    """BPTT with one thread per row block (see ``forward_rows``);
-    ``dp`` is (nblocks, 3, H). Other arguments as ``_backward_steps``."""
-    for k in prange(blocks.shape[0] - 1):
-        _backward_steps(blocks[k], blocks[k + 1], k, dy, w_hh, p, lengths, reverse, h0, c0,
-                        y, gates, ctape, dh, dc, da, hprev, dp, tmp, False)
+    """BPTT for rows r0..r1-1 with the hand-written product (one row block per
+    thread, GIL released); block ``blk`` writes ``dp[blk]`` (nblocks, 3, H)."""
+    _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0,
+                    y, gates, ctape, dh, dc, da, hprev, dp, tmp, False)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def backward_blas(dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
                   dh, dc, da, hprev, dp, tmp):
     """BPTT on one thread with a BLAS GEMM per step; ``dp`` is (1, 3, H)."""
