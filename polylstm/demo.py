@@ -168,6 +168,7 @@ class _LSTMRegressor:
         self.head = Linear(config.hidden_size, 1, seed=config.seed + 1)
         self.params = {**prefixed("lstm.", self.lstm.named_parameters()),
                        **prefixed("head.", self.head.named_parameters())}
+        self.backend_used = None
 
     # The read-out is tiny, so it runs on the host whatever the LSTM's backend;
     # only (B, H) crosses between host and device.
@@ -177,6 +178,7 @@ class _LSTMRegressor:
 
     def loss_and_grads(self, x, target):
         _, (h_n, c_n), tape = self.lstm.forward(x)
+        self.backend_used = tape.backend
         pred, head_tape = self.head.forward(_host(h_n[-1]))
         loss, dpred = mse_loss(pred, target)
         head_grads = self.head.backward(head_tape, dpred)
@@ -263,20 +265,13 @@ def train_adding(config: DemoConfig, progress: Optional[Callable] = None) -> Dem
     test_x, test_target = adding_problem(np.random.default_rng([config.seed, 2]), config.test_size, config.seq_len)
     model = _LSTMRegressor(config)
     lstm_history = _train("lstm", model, config, test_x, test_target, progress)
-    backend = model.lstm.backend or _backend_used(model.lstm, test_x)
+    backend = model.backend_used
     baseline = None
     if config.baseline:
         baseline = _train("tanh-rnn", _RNNRegressor(config), config, test_x, test_target, progress)
     trivial = float(((1.0 - test_target) ** 2).mean())
     return DemoResult(config=config, backend=backend, lstm=lstm_history, baseline=baseline, trivial_mse=trivial,
                       model=model.lstm, head=model.head, test_x=test_x, test_target=test_target)
-
-
-def _backend_used(lstm: LSTM, x) -> str:
-    from .functional import lstm_forward
-
-    p = lstm.named_parameters()
-    return lstm_forward(x[:2, :1], p["weight_ih_l0"], p["weight_hh_l0"], backend=lstm.backend).backend
 
 
 def verdict(result: DemoResult) -> str:

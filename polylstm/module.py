@@ -81,6 +81,11 @@ class LSTMTape:
     num_directions: int
     hidden_size: int
 
+    @property
+    def backend(self) -> str:
+        """Name of the backend that ran the forward (and will run backward)."""
+        return self.tapes[0][0].backend
+
 
 class LSTMGradients(Grads):
     """Gradients from :meth:`LSTM.backward`.
