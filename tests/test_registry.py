@@ -210,30 +210,13 @@ def test_load_returning_wrong_type_is_a_clear_error(plugins):
 
 
 def test_import_polylstm_is_light():
-    code = ("import sys, polylstm; polylstm.available_backends(); "
+    # import polylstm never imports a compute library; listing backends may
+    # import cupy (asking for a CUDA device needs it) but never numba or torch.
+    code = ("import sys, polylstm; "
             "heavy = [m for m in ('numba', 'cupy', 'torch', 'scipy') if m in sys.modules]; "
-            "assert not heavy, heavy; print('ok')")
+            "assert not heavy, ('import', heavy); "
+            "polylstm.available_backends(); "
+            "heavy = [m for m in ('numba', 'torch', 'scipy') if m in sys.modules]; "
+            "assert not heavy, ('available_backends', heavy); print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-
-
-def test_runtime_plugin_with_wrong_hook_signature_is_rejected(plugins):
-    class WrongSignature:
-        @polylstm.hookimpl
-        def polylstm_register_backends(self, registrar):  # the spec's argument is 'register'
-            pass
-
-    with pytest.raises(polylstm.PluginError, match=r"(?s)plugin .wrong. failed to register: PluginValidationError.*registrar"):
-        polylstm.register_plugin(WrongSignature(), name="wrong")
-
-
-def test_runtime_plugin_registers_backends(plugins):
-    class Extra:
-        @polylstm.hookimpl
-        def polylstm_register_backends(self, register):
-            from polylstm_numpy.reference import NumpyReferenceBackend
-            register(polylstm.BackendInfo(name="extra", load=NumpyReferenceBackend, auto_select=False))
-
-    polylstm.register_plugin(Extra(), name="extra-plugin")
-    assert _status("extra").source == "registered at run time (extra-plugin)"
-    assert polylstm.lstm_forward(*_inputs(), backend="extra").y.shape == (3, 2, 2)
