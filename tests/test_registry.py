@@ -220,3 +220,25 @@ def test_import_polylstm_is_light():
             "assert not heavy, ('available_backends', heavy); print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_runtime_plugin_with_wrong_hook_signature_is_rejected(plugins):
+    class WrongSignature:
+        @polylstm.hookimpl
+        def polylstm_register_backends(self, registrar):  # the spec's argument is 'register'
+            pass
+
+    with pytest.raises(polylstm.PluginError, match=r"(?s)plugin .wrong. failed to register: PluginValidationError.*registrar"):
+        polylstm.register_plugin(WrongSignature(), name="wrong")
+
+
+def test_runtime_plugin_registers_backends(plugins):
+    class Extra:
+        @polylstm.hookimpl
+        def polylstm_register_backends(self, register):
+            from polylstm_numpy.reference import NumpyReferenceBackend
+            register(polylstm.BackendInfo(name="extra", load=NumpyReferenceBackend, auto_select=False))
+
+    polylstm.register_plugin(Extra(), name="extra-plugin")
+    assert _status("extra").source == "registered at run time (extra-plugin)"
+    assert polylstm.lstm_forward(*_inputs(), backend="extra").y.shape == (3, 2, 2)
