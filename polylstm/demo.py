@@ -109,14 +109,14 @@ class DemoConfig:
 
     seq_len: int = 100
     hidden_size: int = 32
-    steps: int = 600
+    steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-2
     clip: float = 1.0
     backend: Optional[str] = None
     seed: int = 0
     test_size: int = 1000
-    eval_every: int = 50
+    eval_every: int = 100
     baseline: bool = False
 
     def validate(self) -> None:
@@ -308,7 +308,12 @@ def plot(result: DemoResult, path: str, example: int = 0) -> str:
     T = x.shape[0]
     marks = np.flatnonzero(x[:, 0, 1])
 
-    fig, axes = plt.subplots(7, 1, figsize=(10, 15), gridspec_kw={"height_ratios": [2.2, 1, 1, 1, 1, 1, 1]})
+    # A narrow second column holds the colour bars, so every time axis lines up.
+    fig, grid = plt.subplots(7, 2, figsize=(10, 15),
+                             gridspec_kw={"height_ratios": [2.2, 1, 1, 1, 1, 1, 1], "width_ratios": [1, 0.02]})
+    axes = grid[:, 0]
+    for cax in grid[:2, 1]:
+        cax.set_visible(False)
     ax = axes[0]
     for history, colour in ((result.lstm, "C0"), (result.baseline, "C3")):
         if history is None:
@@ -326,16 +331,15 @@ def plot(result: DemoResult, path: str, example: int = 0) -> str:
 
     ax = axes[1]
     ax.plot(np.arange(T), x[:, 0, 0], color="k", lw=0.8, label="value")
-    for m in marks:
-        ax.axvline(m, color="C1", lw=1.5)
+    ax.plot(marks, x[marks, 0, 0], "o", color="C1", label="marked")
     pred = float(result.head(_host(result.model(x)[1][0][-1]))[0, 0])
     ax.set_title(f"test sequence {example}: marked values at t = {', '.join(map(str, marks))}; "
                  f"target {float(result.test_target[example, 0]):.3f}, LSTM says {pred:.3f}", fontsize=9)
     ax.set_xlim(-0.5, T - 0.5)
-    ax.set_ylabel("input")
+    ax.set_ylabel("input value")
 
     names = {"i": "input gate i", "f": "forget gate f", "g": "cell input g", "o": "output gate o", "c": "cell state c"}
-    for ax, key in zip(axes[2:], "ifgoc"):
+    for ax, cax, key in zip(axes[2:], grid[2:, 1], "ifgoc"):
         data = np.asarray(_host(getattr(gates, key)))[:, 0, :].T  # (H, T)
         if key in "ifo":
             vmin, vmax, cmap = 0.0, 1.0, "viridis"
@@ -344,10 +348,10 @@ def plot(result: DemoResult, path: str, example: int = 0) -> str:
             vmin, vmax, cmap = -lim, lim, "RdBu_r"
         im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap=cmap, vmin=vmin, vmax=vmax,
                        extent=(-0.5, T - 0.5, data.shape[0] - 0.5, -0.5))
-        for m in marks:
-            ax.axvline(m, color="C1", lw=1.0, alpha=0.8)
+        # Marks above the panel rather than lines across it, so they hide no data.
+        ax.plot(marks, np.full(len(marks), -0.5), "v", color="C1", ms=6, clip_on=False)
         ax.set_ylabel(f"{names[key]}\nunit")
-        fig.colorbar(im, ax=ax, pad=0.01)
+        fig.colorbar(im, cax=cax)
     axes[-1].set_xlabel("time step t")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
