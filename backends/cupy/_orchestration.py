@@ -106,7 +106,9 @@ def forward(xp, launch, x, w_ih, w_hh, b, h0, c0, peephole, lengths, reverse, st
     gates = xp.empty((T, B, 4 * H), dtype) if store else None
     cells = xp.empty((T, B, H), dtype) if store else None
     hw = xp.empty((B, 4 * H), dtype)
-    w_hh_t = w_hh.T
+    # One transposed copy per call, so no step's product depends on how the
+    # BLAS handles a transposed view.
+    w_hh_t = xp.ascontiguousarray(w_hh.T)
     grid, threads = launch_config(B * H, block, max_blocks)
     for step in range(T):
         xp.matmul(h, w_hh_t, out=hw)
