@@ -3,6 +3,7 @@
     polylstm backends            every registered backend: available or why not
     polylstm check NAME          run the conformance kit against a backend
     polylstm demo                train an LSTM on the adding problem
+    polylstm bench               compare every backend on a grid of shapes (polylstm.cli_bench)
 
 One function per command (``cmd_<name>``), each registered by a
 ``add_<name>_parser`` function, so another command (``bench``) is one more
@@ -227,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="LSTM forward and backpropagation through time on interchangeable backends.")
     parser.add_argument("--version", action="version", version=f"polylstm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (add_backends_parser, add_check_parser, add_demo_parser):
+    from .cli_bench import add_parser as add_bench_parser
+
+    for add in (add_backends_parser, add_check_parser, add_demo_parser, add_bench_parser):
         add(sub)
     return parser
 
