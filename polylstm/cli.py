@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Optional, Sequence
@@ -54,7 +55,12 @@ def cmd_backends(args, out=None) -> int:
                            "version": r.version, "description": r.description, "source": r.source,
                            "broken": r.broken} for r in records], indent=2), file=out)
         return 0
-    host = REGISTRY.candidates("numpy")
+    # Which backend automatic selection picks for each array type (rule 5-6 of the selection order).
+    defaults = {}
+    for kind in sorted({k for r in records if not r.broken for k in r.array_types}):
+        picked = REGISTRY.candidates(kind)
+        if picked:
+            defaults.setdefault(picked[0], []).append(kind)
     rows = []
     for r in sorted(records, key=lambda r: (r.broken, not r.available, -r.priority, r.name)):
         if r.broken:
@@ -63,8 +69,11 @@ def cmd_backends(args, out=None) -> int:
             status = "available"
         else:
             status = "unavailable"
-        note = "default for NumPy arrays" if host and r.name == host[0] and not r.broken else ""
-        if not r.auto_select and not r.broken:
+        note = ""
+        if r.name in defaults and not r.broken:
+            note = "default for " + ", ".join({"numpy": "NumPy", "cupy": "CuPy"}.get(k, k)
+                                              for k in defaults[r.name]) + " arrays"
+        elif not r.auto_select and not r.broken:
             note = "used only when named"
         rows.append([r.name, status, r.priority if not r.broken else "-", ",".join(r.array_types) or "-",
                      r.version or "-", note])
@@ -246,6 +255,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except PolyLSTMError as exc:
         print(f"polylstm {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`polylstm backends | head`): stop quietly, and keep
+        # Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
