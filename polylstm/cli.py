@@ -5,9 +5,10 @@
     polylstm demo                train an LSTM on the adding problem
     polylstm bench               compare every backend on a grid of shapes (polylstm.cli_bench)
 
-One function per command (``cmd_<name>``), each registered by a
-``add_<name>_parser`` function, so another command (``bench``) is one more
-pair. Exit codes: 0 success, 1 a check failed, 2 a usage or environment error.
+One function per command (``cmd_<name>``), each registered by an
+``add_<name>_parser`` function; a command may live in its own module
+(``bench`` in :mod:`polylstm.cli_bench`). Exit codes: 0 success, 1 a check
+failed, 2 a usage or environment error.
 """
 
 from __future__ import annotations
