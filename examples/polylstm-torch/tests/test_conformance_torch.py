@@ -1,8 +1,7 @@
 """The polylstm conformance kit run against the ``torch`` backend.
 
 Only what the backend does not announce is declared to fail: torch's LSTM has
-no peepholes. The kit's own 'inputs_unchanged' check uses peepholes, so it is
-covered by the declaration; test_torch_plugin.py checks immutability without them.
+no peepholes (the checks 'peephole', 'backward_peephole', 'backward_everything').
 """
 
 import os
