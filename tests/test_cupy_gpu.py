@@ -10,17 +10,27 @@ CuPy arrays selecting the backend automatically.
 """
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
 
+
+def _no_gpu(reason):
+    # scripts/gpu_check.sh sets POLYLSTM_REQUIRE_GPU=1: on the machine lent for
+    # the GPU check a skip would hide that nothing ran.
+    if os.environ.get("POLYLSTM_REQUIRE_GPU", "") not in ("", "0"):
+        pytest.fail(f"{reason}, and POLYLSTM_REQUIRE_GPU is set", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
 if importlib.util.find_spec("cupy") is None:
-    pytest.skip("cupy not installed: the GPU tests need CuPy and a CUDA device", allow_module_level=True)
+    _no_gpu("cupy not installed: the GPU tests need CuPy and a CUDA device")
 
 import cupy  # noqa: E402
 
 if not cupy.is_available():
-    pytest.skip("no CUDA device (cupy.is_available() is False): GPU tests skipped", allow_module_level=True)
+    _no_gpu("no CUDA device (cupy.is_available() is False): GPU tests skipped")
 
 import polylstm  # noqa: E402
 from polylstm.backend import Tape  # noqa: E402
