@@ -401,3 +401,28 @@ def test_to_moves_between_backends_and_rejects_unknown():
         lstm.to("no-such-backend")
     with pytest.raises(UnknownBackendError):
         LSTM(I, H, backend="no-such-backend")
+
+
+def _host_backends():
+    return [s.name for s in polylstm.available_backends()
+            if s.available and not s.broken and s.name != "numpy" and "numpy" in s.array_types]
+
+
+@pytest.mark.parametrize("backend", _host_backends())
+def test_module_on_every_available_host_backend_matches_the_reference(backend):
+    """The module only composes the primitive, so any conforming backend runs all of it."""
+    cfg = CONFIGS["bidirectional-lengths-state-batch-first"]
+    lstm = make_module(cfg, peephole="peephole" in polylstm.get_backend(backend).capabilities)
+    x, state, lengths, dy, dh, dc = make_inputs(cfg)
+    y0, (h0, _), t0 = lstm.forward(x, state, lengths)
+    g0 = lstm.backward(t0, dy, dh, dc)
+    lstm.to(backend)
+    y, (h, _), tape = lstm.forward(x, state, lengths)
+    assert tape.backend == backend
+    g = lstm.backward(tape, dy, dh, dc)
+    np.testing.assert_allclose(y, y0, atol=1e-10)
+    np.testing.assert_allclose(h, h0, atol=1e-10)
+    for k in g0:
+        np.testing.assert_allclose(g[k], g0[k], atol=1e-9, err_msg=k)
+    np.testing.assert_allclose(g.input, g0.input, atol=1e-10)
+    np.testing.assert_allclose(g.h0, g0.h0, atol=1e-10)
