@@ -139,6 +139,8 @@ def test_demo_without_matplotlib_says_how_to_get_the_figure(capsys, tmp_path, mo
 def test_demo_rejects_bad_options(capsys):
     code, _, err = run(capsys, "demo", "--steps", "0", "--no-plot", "--no-progress")
     assert code == 2 and "steps" in err
+    code, _, err = run(capsys, "demo", "--backend", "no-such-backend", "--steps", "1", "--no-plot", "--no-progress")
+    assert code == 2 and "unknown backend 'no-such-backend'" in err and "available backends" in err
 
 
 def test_console_script_module_entry():
