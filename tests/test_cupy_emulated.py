@@ -94,6 +94,55 @@ def test_backward_matches_finite_differences_float64(case):
                                    err_msg=f"d loss / d {name} ({case})")
 
 
+# ------------------------------------------------------------ algorithm shape
+
+class _CountingNumpy:
+    """NumPy as the orchestration's ``xp``, counting matrix products."""
+
+    def __init__(self):
+        self.matmuls = []
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def matmul(self, a, b, **kwargs):
+        self.matmuls.append((a.shape, b.shape))
+        return np.matmul(a, b, **kwargs)
+
+
+@pytest.mark.parametrize("reverse,lengths", [(False, None), (True, [6, 2, 5])])
+def test_products_and_launches_follow_cudnns_standard_algorithm(reverse, lengths):
+    T, B, I, H = 6, 3, 4, 5
+    args = _inputs(T, B, I, H, np.float32, peephole=True, lengths=lengths)
+    kernels = _emulation.EmulatedKernels()
+    launches = []
+
+    def launch(entry, dtype, grid, block, kernel_args):
+        launches.append(entry)
+        kernels(entry, dtype, grid, block, kernel_args)
+
+    xp = _CountingNumpy()
+    fixed = [args[k] for k in ("x", "w_ih", "w_hh", "b", "h0", "c0", "peephole", "lengths")]
+    inference = _orchestration.forward(xp, launch, *fixed, reverse, False)
+    assert inference.gates is None and inference.c is None  # no tape kept
+    assert launches == ["lstm_forward"] * T
+    # One input projection for all steps, then one recurrent product per step.
+    assert xp.matmuls == [((T * B, I), (I, 4 * H))] + [((B, H), (H, 4 * H))] * T
+
+    out = _orchestration.forward(xp, launch, *fixed, reverse, True)
+    tape = Tape("cupy-emulated", args["x"], args["w_ih"], args["w_hh"], args["h0"], args["c0"],
+                args["peephole"], args["lengths"], reverse, out.y, out.gates, out.c)
+    launches.clear()
+    xp.matmuls.clear()
+    rng = np.random.default_rng(0)
+    dy, dh_n, dc_n = (rng.standard_normal(s).astype(np.float32) for s in ((T, B, H), (B, H), (B, H)))
+    _orchestration.backward(xp, launch, tape, dy, dh_n, dc_n)
+    assert launches == ["lstm_backward"] * T
+    # One sequential product per step, then dx, dw_ih, dw_hh over all steps.
+    assert xp.matmuls == [((B, 4 * H), (4 * H, H))] * T + [
+        ((T * B, 4 * H), (4 * H, I)), ((4 * H, T * B), (T * B, I)), ((4 * H, T * B), (T * B, H))]
+
+
 # ------------------------------------------------------------- grid-stride loops
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -19,11 +19,12 @@ forward::
 backward::
 
     for step in reversed(range(T)):
-        lstm_backward kernel                        # da_t, dc_{t-1}, masking
+        lstm_backward kernel                        # da_t, dc_{t-1}, masking,
+                                                    # peephole partials of the step
         dh_rec = da_t @ w_hh                        # the only sequential product
     dx    = da @ w_ih                               # large products after the loop
     dw_ih = da.T @ x;  dw_hh = da.T @ h_prev;  db = sum(da)
-    dpeephole = sums of da_i*c_prev, da_f*c_prev, da_o*c over all steps
+    dpeephole = sum of the partials over all (t, b)
 
 No atomics anywhere: every element is written by one thread, and the
 reductions over time and batch are products and sums after the loop, so two
@@ -144,6 +145,7 @@ def backward(xp, launch, tape: Tape, dy, dh_n, dc_n,
 
     da = xp.empty((T, B, 4 * H), dtype)
     da_step = xp.empty((B, 4 * H), dtype) if ragged else None
+    dp_part = xp.empty((T, B, 3 * H), dtype) if p is not None else None
     dh = dh_n.copy()
     dc = dc_n.copy()
     dh_rec = xp.zeros((B, H), dtype)
@@ -151,7 +153,7 @@ def backward(xp, launch, tape: Tape, dy, dh_n, dc_n,
     for step in range(T - 1, -1, -1):
         launch("lstm_backward", dtype, grid, threads, (
             i32(T), i32(B), i32(H), i32(step), i32(reverse), lengths_dev,
-            tape.gates, tape.c, tape.c0, p, dy, dh_rec, dh, dc, da, da_step,
+            tape.gates, tape.c, tape.c0, p, dy, dh_rec, dh, dc, da, da_step, dp_part,
         ))
         rows = da_step if ragged else da[T - 1 - step if reverse else step]
         xp.matmul(rows, w_hh, out=dh_rec)
@@ -164,12 +166,5 @@ def backward(xp, launch, tape: Tape, dy, dh_n, dc_n,
     h_prev = previous_step_values(xp, tape.y, tape.h0, lengths_dev, reverse)
     dw_hh = xp.matmul(flat_da.T, h_prev.reshape(T * B, H))
     db = flat_da.sum(axis=0)
-    dpeephole = None
-    if p is not None:
-        c_prev = previous_step_values(xp, tape.c, tape.c0, lengths_dev, reverse)
-        dpeephole = xp.stack([
-            (da[:, :, :H] * c_prev).sum(axis=(0, 1)),
-            (da[:, :, H:2 * H] * c_prev).sum(axis=(0, 1)),
-            (da[:, :, 3 * H:] * tape.c).sum(axis=(0, 1)),
-        ])
+    dpeephole = None if dp_part is None else dp_part.reshape(T * B, 3, H).sum(axis=0)
     return Gradients(dx=dx, dw_ih=dw_ih, dw_hh=dw_hh, db=db, dh0=dh0, dc0=dc0, dpeephole=dpeephole)

@@ -7,10 +7,13 @@
 //     lstm_backward_<dtype>(...)                   this kernel: da_t, dc_{t-1}
 //     dh_rec = da_step @ w_hh                        the only sequential product
 //   dh0 = dh + dh_rec
-//   dx, dw_ih, dw_hh, db, dpeephole: large products / sums over all steps
+//   dx, dw_ih, dw_hh, db: large products / sums over all steps
+//   dpeephole = dp_part.reshape(T*B, 3, H).sum(0)
 // so this kernel does everything between two recurrent products: it adds the
-// recurrent gradient to the carried one, the output gradient dy_t, and runs
-// the cell's chain rule for the four gates at once.
+// recurrent gradient to the carried one, the output gradient dy_t, runs the
+// cell's chain rule for the four gates at once, and writes each step's
+// peephole partials -- reduced after the loop by a sum, never by atomics, so
+// the result is the same bits on every run.
 //
 // One thread handles one (b, j) pair in a grid-stride loop over B*H elements.
 //
@@ -56,6 +59,10 @@
 //                                  when every sequence is at the same t (no
 //                                  lengths, or a forward-in-time direction),
 //                                  where da[t] itself is that input.
+//   dp_part    Real*        (T, B, 3H)  out: row t = this step's peephole
+//                                  gradient partials da_i*c_{t-1},
+//                                  da_f*c_{t-1}, da_o*c_t (zero at padded
+//                                  steps); or NULL when there are no peepholes.
 // dh and dc are updated in place: element (b, j) is read and written by the
 // same thread only.
 
@@ -70,7 +77,7 @@ __device__ __forceinline__ void lstm_backward_pointwise(
     const Real* __restrict__ cells, const Real* __restrict__ c0,
     const Real* __restrict__ peephole, const Real* __restrict__ dy,
     const Real* __restrict__ dh_rec, Real* __restrict__ dh, Real* __restrict__ dc,
-    Real* __restrict__ da, Real* __restrict__ da_step) {
+    Real* __restrict__ da, Real* __restrict__ da_step, Real* __restrict__ dp_part) {
   const long long n = (long long)B * H;
   for (long long idx = grid_first(); idx < n; idx += grid_stride()) {
     const int b = (int)(idx / H);
@@ -81,6 +88,7 @@ __device__ __forceinline__ void lstm_backward_pointwise(
     const long long out_at = ((long long)st.t * B + b) * H + j;
     const long long gate_at = ((long long)st.t * B + b) * 4 * H + j;
     const long long step_at = (long long)b * 4 * H + j;
+    const long long dp_at = ((long long)st.t * B + b) * 3 * H + j;
     const Real dh_in = dh[idx] + dh_rec[idx];
 
     if (!st.valid) {
@@ -95,6 +103,11 @@ __device__ __forceinline__ void lstm_backward_pointwise(
         da_step[step_at + H] = Real(0);
         da_step[step_at + 2 * H] = Real(0);
         da_step[step_at + 3 * H] = Real(0);
+      }
+      if (dp_part) {
+        dp_part[dp_at] = Real(0);
+        dp_part[dp_at + H] = Real(0);
+        dp_part[dp_at + 2 * H] = Real(0);
       }
       continue;
     }
@@ -138,6 +151,11 @@ __device__ __forceinline__ void lstm_backward_pointwise(
       da_step[step_at + 2 * H] = da_g;
       da_step[step_at + 3 * H] = da_o;
     }
+    if (dp_part) {
+      dp_part[dp_at] = da_i * c_prev;
+      dp_part[dp_at + H] = da_f * c_prev;
+      dp_part[dp_at + 2 * H] = da_o * c_t;
+    }
   }
 }
 
@@ -150,10 +168,11 @@ __device__ __forceinline__ void lstm_backward_pointwise(
       const Real* __restrict__ cells, const Real* __restrict__ c0,                \
       const Real* __restrict__ peephole, const Real* __restrict__ dy,             \
       const Real* __restrict__ dh_rec, Real* __restrict__ dh,                     \
-      Real* __restrict__ dc, Real* __restrict__ da, Real* __restrict__ da_step) { \
+      Real* __restrict__ dc, Real* __restrict__ da, Real* __restrict__ da_step,   \
+      Real* __restrict__ dp_part) {                                               \
     polylstm::lstm_backward_pointwise<Real>(T, B, H, step, reverse, lengths,      \
                                             gates, cells, c0, peephole, dy,       \
-                                            dh_rec, dh, dc, da, da_step);         \
+                                            dh_rec, dh, dc, da, da_step, dp_part); \
   }
 
 #ifndef POLYLSTM_ONLY_F64
