@@ -122,19 +122,19 @@ def _trajectories(x, w_ih, w_hh, b, h0, c0, y, lengths, reverse):
 
     valid = None if lengths is None else (np.arange(T)[:, None] < lengths[None, :])[:, :, None]  # (T, B, 1)
     if valid is not None:
-        gates *= valid
-    c = np.empty((T, B, H), dtype=x.dtype)
+        gates[...] = np.where(valid, gates, 0)
+    f = gates[:, :, H:2 * H]
+    c = gates[:, :, :H] * gates[:, :, 2 * H:3 * H]  # i * g for every step at once; the scan adds f * c_{t-1}
     c_prev = c0
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        i, f, g = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:3 * H]
-        c_t = f * c_prev + i * g
-        if valid is not None:
-            # A padded step keeps the state and records zero.
-            c_prev = np.where(valid[t], c_t, c_prev)
-            c_t *= valid[t]
+        c[t] += f[t] * c_prev
+        if valid is None:
+            c_prev = c[t]
         else:
-            c_prev = c_t
-        c[t] = c_t
+            # A padded step keeps the state and records zero (its i * g is already zero).
+            # np.where, not a multiplication, so that a NaN state stays out of padding.
+            c_prev = np.where(valid[t], c[t], c_prev)
+            c[t] = np.where(valid[t], c[t], 0)
     return gates, c
 
 

@@ -91,3 +91,19 @@ def test_peepholes_are_refused_with_the_reason():
     inputs = _inputs()
     with pytest.raises(polylstm.UnsupportedFeatureError, match="peephole"):
         polylstm.lstm_forward(**inputs, peephole=np.zeros((3, 5), np.float32), backend="torch")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_nan_with_lengths_stays_out_of_padding(reverse):
+    """Rebuilt gate and cell trajectories keep zeros at padded steps even when
+    the sequence's state is NaN, as the reference does."""
+    inputs = _inputs("float64", T=6, B=3, I=2, H=4, seed=1)
+    inputs["x"][1, 1, 0] = np.nan
+    lengths = [6, 3, 2]
+    got = polylstm.lstm_forward(**inputs, lengths=lengths, reverse=reverse, return_gates=True, backend="torch")
+    ref = polylstm.lstm_forward(**inputs, lengths=lengths, reverse=reverse, return_gates=True, backend="numpy")
+    for name in "ifgoc":
+        a, b = getattr(got.gates, name), getattr(ref.gates, name)
+        assert np.array_equal(np.isnan(a), np.isnan(b)), name
+        np.testing.assert_allclose(np.nan_to_num(a), np.nan_to_num(b), rtol=0, atol=1e-12, err_msg=name)
+    assert not np.isnan(got.gates.c[3:, 1]).any()  # padded steps of the NaN sequence
