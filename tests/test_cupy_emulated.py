@@ -8,6 +8,7 @@ types), the build cache under concurrent builders, thread safety, and the
 plugin's cheap, non-raising availability probes.
 """
 
+import os
 import subprocess
 import sys
 import threading
@@ -251,27 +252,25 @@ def test_packing_follows_cupy_and_matches_declared_types(probe_module):
 # ---------------------------------------------------------------- build cache
 
 def test_concurrent_builds_share_one_library(tmp_path):
+    # Two processes building the same library into an empty cache at once:
+    # each compiles into its own temporary file and renames it into place.
     cu = _kernels.KERNEL_DIR / "lstm_forward.cu"
     entries = _kernels.expected_entries()["lstm_forward.cu"]
-    results, errors = [], []
-
-    def build():
-        try:
-            results.append(_emulation.build_library(cu, entries, out_dir=tmp_path)[0])
-        except Exception as exc:  # noqa: BLE001 -- reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=build) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    assert results[0] == results[1]
-    assert [p.name for p in tmp_path.iterdir()] == [results[0].name], "a temporary file was left behind"
+    code = ("import sys; from polylstm_cupy import _emulation; "
+            f"print(_emulation.build_library({str(cu)!r}, {entries!r}, out_dir=sys.argv[1])[0])")
+    builders = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [b.communicate(timeout=120) for b in builders]
+    for builder, (stdout, stderr) in zip(builders, outputs):
+        assert builder.returncode == 0, stderr
+    paths = {stdout.strip() for stdout, _ in outputs}
+    assert len(paths) == 1
+    built = tmp_path / os.path.basename(paths.pop())
+    assert [p.name for p in tmp_path.iterdir()] == [built.name], "a temporary file was left behind"
     again, log = _emulation.build_library(cu, entries, out_dir=tmp_path)
-    assert again == results[0] and log == ""  # a cache hit
-    _emulation.EmulatedModule(again, entries)  # loads
+    assert again == built and log == ""  # a cache hit
+    module = _emulation.EmulatedModule(again, entries)
+    assert set(module.signatures) == set(entries)
 
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
