@@ -20,6 +20,9 @@ from .errors import (
     UnsupportedFeatureError,
 )
 from .functional import GateTrajectories, LSTMOutput, lstm_backward, lstm_forward
+from . import convert, init, nn
+from .module import LSTM, LSTMGradients, LSTMTape
+from .nn import SGD, Adam, Linear, clip_grad_norm, mse_loss, softmax_cross_entropy
 
 __version__ = "0.1.0"
 
@@ -50,6 +53,8 @@ def register_plugin(plugin, name: str | None = None) -> None:
 
 
 __all__ = [
+    "LSTM", "LSTMTape", "LSTMGradients", "Linear", "SGD", "Adam", "mse_loss", "softmax_cross_entropy",
+    "clip_grad_norm", "nn", "convert", "init",
     "lstm_forward", "lstm_backward", "LSTMOutput", "GateTrajectories", "Gradients", "Tape",
     "available_backends", "get_backend", "set_backend", "use_backend", "register_backend", "register_plugin",
     "BackendInfo", "BackendStatus", "hookimpl",
