@@ -31,7 +31,7 @@ KERNEL_FILES = {
     "lstm_backward.cu": ("lstm_backward",),
 }
 
-#: Headers the kernel files include; part of every build's cache key.
+#: Our headers the kernel files include; module_source expands them inline.
 KERNEL_HEADERS = ("lstm_common.cuh",)
 
 #: dtype -> suffix of the extern "C" entry point and the macro that compiles
