@@ -1,9 +1,11 @@
 """The Numba backend object: allocation, argument normalisation, path choice.
 
-The compiled time loops live in :mod:`polylstm_numba._kernels`; this module
-does the large one-shot products with NumPy (the input projection before the
-forward loop; ``dx``, ``dw_ih``, ``dw_hh``, ``db`` after the backward loop) and
-picks between the two recurrence strategies described there.
+The compiled code lives in :mod:`polylstm_numba._kernels`; this module
+allocates, normalises optional arguments, picks one of the two strategies
+described there and runs row blocks on threads. It calls no NumPy matrix
+product itself: NumPy's BLAS is a second OpenBLAS with its own thread pool,
+and its workers spin for a while after each call, stealing a core from the
+kernels that follow (see docs/benchmarks.md).
 
 Shapes: T time steps, B batch, I input size, H hidden size.
 """
@@ -91,11 +93,8 @@ class NumbaBackend(Backend):
         lengths = _lengths(lengths, T, B)
         p = _peephole(peephole, H, dtype)
 
-        # Input projection of all steps in one product, bias folded in.
-        xw = np.matmul(x.reshape(T * B, I), w_ih.T).reshape(T, B, 4 * H)
-        xw += b
         w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 4H): rows feed the vectorised loop
-
+        xw = np.empty((T, B, 4 * H), dtype)  # input projection + bias of every step
         y = np.zeros((T, B, H), dtype)
         if store:
             gates = np.zeros((T, B, 4 * H), dtype)
@@ -108,10 +107,12 @@ class NumbaBackend(Backend):
         acc = np.empty((B, 4 * H), dtype)
         reverse = bool(reverse)
         if self.choose_path(B, H) == "rows":
+            w_ih_t = np.ascontiguousarray(w_ih.T)  # (I, 4H)
             _run_blocks(_forward_block, _row_blocks(B, numba.get_num_threads()),
-                        xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc)
+                        x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, xw, acc)
         else:
-            _kernels.forward_blas(xw, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc)
+            _kernels.forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse,
+                                  h, c, y, gates, ctape, xw, acc)
         if not store:
             return ForwardOutput(y=y, h_n=h, c_n=c)
         return ForwardOutput(y=y, h_n=h, c_n=c, gates=gates, c=ctape)
@@ -130,20 +131,27 @@ class NumbaBackend(Backend):
         reverse = bool(tape.reverse)
         if self.choose_path(B, H) == "rows":
             blocks = _row_blocks(B, numba.get_num_threads())
-            dp = np.zeros((len(blocks), 3, H), dtype)
-            _run_blocks(_kernels.backward_rows, blocks, dy, tape.w_hh, p, lengths, reverse,
-                        tape.h0, tape.c0, tape.y, tape.gates, tape.c, dh, dc, da, hprev, dp, tmp)
+            nb = len(blocks)
+            dp = np.zeros((nb, 3, H), dtype)
+            dx = np.zeros((T, B, I), dtype)
+            dw_ih = np.zeros((nb, 4 * H, I), dtype)
+            dw_hh = np.zeros((nb, 4 * H, H), dtype)
+            db = np.zeros((nb, 4 * H), dtype)
+            _run_blocks(_kernels.backward_rows, blocks, tape.x, tape.w_ih, dy, tape.w_hh, p,
+                        lengths, reverse, tape.h0, tape.c0, tape.y, tape.gates, tape.c,
+                        dh, dc, da, hprev, dp, tmp, dx, dw_ih, dw_hh, db)
+            # Partial sums of the row blocks, added in block order (deterministic).
+            dw_ih, dw_hh, db = dw_ih.sum(axis=0), dw_hh.sum(axis=0), db.sum(axis=0)
         else:
             dp = np.zeros((1, 3, H), dtype)
             _kernels.backward_blas(dy, tape.w_hh, p, lengths, reverse, tape.h0, tape.c0,
                                    tape.y, tape.gates, tape.c, dh, dc, da, hprev, dp, tmp)
-
-        # Parameter and input gradients: one large product each over all steps.
-        flat_da = da.reshape(T * B, 4 * H)
-        dx = np.matmul(flat_da, tape.w_ih).reshape(T, B, I)
-        dw_ih = np.matmul(flat_da.T, tape.x.reshape(T * B, I))
-        dw_hh = np.matmul(flat_da.T, hprev.reshape(T * B, H))
-        db = flat_da.sum(axis=0)
+            # Parameter and input gradients: one large product each over all steps.
+            dx = np.empty((T, B, I), dtype)
+            dw_ih = np.empty((4 * H, I), dtype)
+            dw_hh = np.empty((4 * H, H), dtype)
+            db = np.empty(4 * H, dtype)
+            _kernels.backward_products(da, tape.x, tape.w_ih, hprev, dx, dw_ih, dw_hh, db)
         dpeephole = dp.sum(axis=0) if tape.peephole is not None else None
         return Gradients(dx=dx, dw_ih=dw_ih, dw_hh=dw_hh, db=db, dh0=dh, dc0=dc,
                          dpeephole=dpeephole)
