@@ -269,7 +269,7 @@ def _progress_bar(total: int, disabled: bool):
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, unit="case", file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, unit="case", file=sys.stderr, dynamic_ncols=True)
 
 
 def run(args, out=None) -> int:

@@ -179,3 +179,13 @@ def test_plot_is_written(capsys, tmp_path):
     code, out, _ = _bench(capsys, "--backends", "numpy", "--shape", SHAPE, "--plot", str(path))
     assert code == 0, out
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_bar_counts_every_case_on_stderr(capsys):
+    pytest.importorskip("tqdm")
+    code = main(["bench", "--backends", "numpy", "--shape", SHAPE, "--shape", "2,1,3,2", "--repeats", "1",
+                 "--warmup", "0"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "4/4" in captured.err  # two shapes x two modes x one runner
+    assert "4/4" not in captured.out and "T=6 B=3 I=4 H=5" in captured.out
