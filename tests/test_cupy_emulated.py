@@ -163,9 +163,12 @@ def test_grid_smaller_than_element_count_gives_identical_results(dtype):
     full_out, full_grads = run(emulated_backend())
     assert _kernels.launch_config(B * H) == (1, 256)
     # 1 block of 32 threads, 3 blocks of 7: each thread covers several elements.
-    for block, max_blocks in ((32, 1), (7, 3), (64, 1)):
-        assert block * max_blocks < B * H
-        out, grads = run(emulated_backend(block=block, max_blocks=max_blocks))
+    # The backward walk runs blocks and threads in reverse order: a kernel
+    # whose threads depended on each other's writes would differ.
+    for block, max_blocks, walk in ((32, 1, "forward"), (7, 3, "forward"), (64, 1, "forward"),
+                                    (7, 3, "backward"), (256, None, "backward")):
+        assert max_blocks is None or block * max_blocks < B * H
+        out, grads = run(emulated_backend(block=block, max_blocks=max_blocks, walk=walk))
         for name in ("y", "h_n", "c_n", "gates", "c"):
             np.testing.assert_array_equal(getattr(out, name), getattr(full_out, name), err_msg=name)
         for name in ("dx", "dw_ih", "dw_hh", "db", "dh0", "dc0", "dpeephole"):
@@ -193,6 +196,15 @@ extern "C" __global__ void scale_f32(const int n, const float s, const float* a,
     out[i] = s * a[i];
   }
 }
+// A data race: thread i reads element i+1, which thread i+1 writes.
+//   n     int     number of elements
+//   a     float*  (n,)  in/out: meant to become a shifted left by one
+extern "C" __global__ void shift_left_racy(const int n, float* a) {
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i + 1 < n;
+       i += (long long)blockDim.x * gridDim.x) {
+    a[i] = a[i + 1];
+  }
+}
 '''
 
 
@@ -203,8 +215,9 @@ def probe_module(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("probe")
     cu = tmp / "probe.cu"
     cu.write_text(PROBE)
-    path, _ = _emulation.build_library(cu, ["probe", "scale_f32"], out_dir=tmp)
-    return _emulation.EmulatedModule(path, ["probe", "scale_f32"])
+    entries = ["probe", "scale_f32", "shift_left_racy"]
+    path, _ = _emulation.build_library(cu, entries, out_dir=tmp)
+    return _emulation.EmulatedModule(path, entries)
 
 
 def test_emulator_walks_every_block_and_thread(probe_module):
@@ -214,6 +227,24 @@ def test_emulator_walks_every_block_and_thread(probe_module):
     k = np.arange(n)
     expected = 100000 + 1000 * ((k % (grid * block)) // block) + (k % block)
     np.testing.assert_array_equal(who, expected)  # every element visited exactly once
+
+
+def test_backward_walk_visits_the_same_threads_in_reverse(probe_module):
+    n, grid, block = 30, 3, 4
+    forward, backward = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    probe_module.launch("probe", grid, block, (np.int32(n), forward))
+    probe_module.launch("probe", grid, block, (np.int32(n), backward), backward_walk=True)
+    np.testing.assert_array_equal(forward, backward)
+
+
+def test_the_two_walks_expose_a_data_race(probe_module):
+    start = np.arange(16, dtype=np.float32)
+    results = []
+    for backward in (False, True):
+        a = start.copy()
+        probe_module.launch("shift_left_racy", 1, 16, (np.int32(16), a), backward_walk=backward)
+        results.append(a)
+    assert not np.array_equal(results[0], results[1]), "the walks did not expose the race"
 
 
 def test_kernel_signatures_are_reported(probe_module):

@@ -66,16 +66,18 @@ class CupyBackend(RawKernelBackend):
         return self.xp.asarray(array)
 
 
-def emulated_backend(*, sanitize: str | None = None, block: int = 256,
+def emulated_backend(*, sanitize: str | None = None, walk: str = "forward", block: int = 256,
                      max_blocks: int | None = None) -> RawKernelBackend:
     """``cupy-emulated``: NumPy arrays, the .cu kernels compiled for the CPU.
 
     sanitize="address" loads the AddressSanitizer build (the process must
     have the ASan runtime preloaded; see polylstm_cupy._emulation).
+    walk="backward" runs every launch's threads in reverse order (a kernel
+    free of data races gives the same bits).
     """
     import numpy
 
     from ._emulation import EmulatedKernels
 
-    return RawKernelBackend("cupy-emulated", numpy, EmulatedKernels(sanitize=sanitize),
+    return RawKernelBackend("cupy-emulated", numpy, EmulatedKernels(sanitize=sanitize, walk=walk),
                             block=block, max_blocks=max_blocks)

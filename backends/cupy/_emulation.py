@@ -185,11 +185,15 @@ class EmulatedModule:
             fn = getattr(self.lib, f"polylstm_emu_launch_{entry}")
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
-                           ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
+                           ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
             self._launch[entry] = fn
 
-    def launch(self, entry: str, grid, block, args) -> None:
-        """Run kernel ``entry`` over ``grid`` x ``block`` (ints or 3-tuples) with ``args``."""
+    def launch(self, entry: str, grid, block, args, *, backward_walk: bool = False) -> None:
+        """Run kernel ``entry`` over ``grid`` x ``block`` (ints or 3-tuples) with ``args``.
+
+        ``backward_walk`` visits blocks and threads in reverse order; a kernel
+        free of data races gives the same bits either way.
+        """
         params = self.signatures[entry]
         if len(args) != len(params):
             raise TypeError(f"{entry}: the kernel takes {len(params)} arguments, got {len(args)}")
@@ -199,7 +203,7 @@ class EmulatedModule:
             slots[k] = self._pack(entry, k, arg, kind, code, keep)
         g = (ctypes.c_uint * 3)(*_dim3(grid, "grid"))
         b = (ctypes.c_uint * 3)(*_dim3(block, "block"))
-        status = self._launch[entry](g, b, slots, len(args))
+        status = self._launch[entry](g, b, slots, len(args), int(bool(backward_walk)))
         if status != 0:
             raise RuntimeError(f"{entry}: the emulated launch failed (status {status})")
 
@@ -262,13 +266,17 @@ class EmulatedKernels:
     Same call as CupyKernels: ``launch(entry, dtype, grid, block, args)``.
     Libraries are built (or found in the cache) at first use, one per kernel
     file holding both dtypes' entry points, and shared by every instance in
-    the process with the same ``sanitize`` setting.
+    the process with the same ``sanitize`` setting. ``walk="backward"`` runs
+    the threads of every launch in reverse order (see cuda_emulation.h).
     """
 
     _modules: dict = {}
     _lock = threading.Lock()
 
-    def __init__(self, sanitize: str | None = None):
+    def __init__(self, sanitize: str | None = None, walk: str = "forward"):
+        if walk not in ("forward", "backward"):
+            raise ValueError(f"walk: expected 'forward' or 'backward', got {walk!r}")
+        self.backward_walk = walk == "backward"
         if sanitize == "address" and "asan" not in os.environ.get("LD_PRELOAD", ""):
             raise RuntimeError(
                 "sanitize='address': the ASan runtime must be preloaded into this process "
@@ -290,4 +298,5 @@ class EmulatedKernels:
         return mod
 
     def __call__(self, entry: str, dtype, grid, block, args) -> None:
-        self.module(_kernels.file_of(entry)).launch(_kernels.entry_name(entry, dtype), grid, block, args)
+        self.module(_kernels.file_of(entry)).launch(_kernels.entry_name(entry, dtype), grid, block, args,
+                                                    backward_walk=self.backward_walk)

@@ -123,24 +123,34 @@ void call_with(void (*kernel)(Args...), void** args, std::index_sequence<I...>) 
   kernel(*static_cast<std::remove_cv_t<std::remove_reference_t<Args>>*>(args[I])...);
 }
 
-// Walks the grid: every block, every thread of the block, in order, each
-// seeing its own threadIdx/blockIdx. Returns 0, or -1 when the argument count
+// Index k of a walk over 0..n-1, forward or backward.
+inline unsigned int walk(unsigned int k, unsigned int n, bool backward) {
+  return backward ? n - 1 - k : k;
+}
+
+// Walks the grid: every block, every thread of the block, each seeing its own
+// threadIdx/blockIdx. `backward` reverses the order of blocks and of threads:
+// a kernel whose result depends on the order its threads run in -- a data
+// race on a GPU, where they run at once -- gives different results under the
+// two walks (the tests compare them). Returns 0, or -1 when the argument count
 // does not match the kernel's (the Python side checks first; this is the
 // last line of defence against reading past `args`).
 template <typename... Args>
 int launch(void (*kernel)(Args...), const unsigned int* grid, const unsigned int* block,
-           void** args, int nargs) {
+           void** args, int nargs, bool backward) {
   if (nargs != (int)sizeof...(Args)) return -1;
   grid_dim = dim3(grid[0], grid[1], grid[2]);
   block_dim = dim3(block[0], block[1], block[2]);
   for (unsigned int bz = 0; bz < grid[2]; ++bz)
     for (unsigned int by = 0; by < grid[1]; ++by)
       for (unsigned int bx = 0; bx < grid[0]; ++bx) {
-        block_idx = uint3{bx, by, bz};
+        block_idx = uint3{walk(bx, grid[0], backward), walk(by, grid[1], backward),
+                          walk(bz, grid[2], backward)};
         for (unsigned int tz = 0; tz < block[2]; ++tz)
           for (unsigned int ty = 0; ty < block[1]; ++ty)
             for (unsigned int tx = 0; tx < block[0]; ++tx) {
-              thread_idx = uint3{tx, ty, tz};
+              thread_idx = uint3{walk(tx, block[0], backward), walk(ty, block[1], backward),
+                                 walk(tz, block[2], backward)};
               call_with(kernel, args, std::index_sequence_for<Args...>{});
             }
       }
@@ -150,13 +160,14 @@ int launch(void (*kernel)(Args...), const unsigned int* grid, const unsigned int
 }  // namespace polylstm_emu
 
 // One line per kernel entry point in the generated launcher: exports
-//   int         polylstm_emu_launch_<entry>(grid[3], block[3], void** args, int nargs)
+//   int         polylstm_emu_launch_<entry>(grid[3], block[3], void** args, int nargs,
+//                                           int backward)
 //   const char* polylstm_emu_signature_<entry>()
 #define POLYLSTM_EMU_EXPORT(ENTRY)                                                  \
   extern "C" int polylstm_emu_launch_##ENTRY(const unsigned int* grid,              \
                                              const unsigned int* block, void** args, \
-                                             int nargs) {                           \
-    return ::polylstm_emu::launch(ENTRY, grid, block, args, nargs);                 \
+                                             int nargs, int backward) {             \
+    return ::polylstm_emu::launch(ENTRY, grid, block, args, nargs, backward != 0);  \
   }                                                                                 \
   extern "C" const char* polylstm_emu_signature_##ENTRY() {                         \
     return ::polylstm_emu::signature(ENTRY);                                        \
