@@ -16,6 +16,7 @@ runner and shape (needs matplotlib).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -44,8 +45,6 @@ def parse_shape(text: str) -> bm.Shape:
     except ValueError:
         values = []
     if len(values) != 4 or min(values) < 1:
-        import argparse
-
         raise argparse.ArgumentTypeError(f"expected four positive integers T,B,I,H, got {text!r}")
     return bm.Shape(*values)
 
