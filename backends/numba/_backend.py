@@ -65,21 +65,29 @@ class NumbaBackend(Backend):
 
     path: ``"auto"`` (choose per call), ``"rows"`` or ``"blas"`` (force one
     recurrence strategy; used by the tests to check both on any shape).
+    threads: row blocks (threads) of the rows path; None uses
+    ``numba.get_num_threads()`` (the CPUs, or ``NUMBA_NUM_THREADS``).
     """
 
     name = "numba"
     xp = np
 
-    def __init__(self, path: str = "auto"):
+    def __init__(self, path: str = "auto", threads=None):
         if path not in ("auto", "rows", "blas"):
             raise ValueError(f"path must be 'auto', 'rows' or 'blas', not {path!r}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, not {threads!r}")
         self.path = path
+        self.threads = threads
+
+    def _threads(self):
+        return self.threads if self.threads is not None else numba.get_num_threads()
 
     def choose_path(self, B, H):
         """'rows' or 'blas' for a batch of B rows and hidden size H."""
         if self.path != "auto":
             return self.path
-        nthreads = numba.get_num_threads()
+        nthreads = self._threads()
         rows_per_thread = -(-B // max(1, min(B, nthreads)))
         return "rows" if rows_per_thread * H * 4 * H <= ROWS_PATH_MAX_MACS else "blas"
 
@@ -108,7 +116,7 @@ class NumbaBackend(Backend):
         reverse = bool(reverse)
         if self.choose_path(B, H) == "rows":
             w_ih_t = np.ascontiguousarray(w_ih.T)  # (I, 4H)
-            _run_blocks(_forward_block, _row_blocks(B, numba.get_num_threads()),
+            _run_blocks(_forward_block, _row_blocks(B, self._threads()),
                         x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, xw, acc)
         else:
             _kernels.forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse,
@@ -130,7 +138,7 @@ class NumbaBackend(Backend):
         tmp = np.empty((B, H), dtype)
         reverse = bool(tape.reverse)
         if self.choose_path(B, H) == "rows":
-            blocks = _row_blocks(B, numba.get_num_threads())
+            blocks = _row_blocks(B, self._threads())
             nb = len(blocks)
             dp = np.zeros((nb, 3, H), dtype)
             dx = np.zeros((T, B, I), dtype)

@@ -1,0 +1,195 @@
+"""Numba-specific checks; the generic ones come from the conformance kit
+(tests/test_conformance_numba.py).
+
+Both recurrence strategies (row blocks with the hand-written product, and one
+BLAS GEMM per step) are forced on small shapes and compared with the NumPy
+reference, with several thread counts so that row blocks of unequal size,
+leftover rows of the 4-row blocking and single-row blocks all occur.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+pytest.importorskip("scipy")
+
+import polylstm  # noqa: E402
+from polylstm.backend import Tape  # noqa: E402
+from polylstm.testing import Case, make_inputs  # noqa: E402
+from polylstm_numpy import reference  # noqa: E402
+
+import polylstm_numba  # noqa: E402
+from polylstm_numba import _activations, _backend, _kernels  # noqa: E402
+
+# (path, threads): rows with 1, 2 and 3 blocks; BLAS.
+STRATEGIES = [("rows", 1), ("rows", 2), ("rows", 3), ("blas", None)]
+TOL = {"float32": 2e-5, "float64": 1e-11}
+
+
+def _run(backend, inputs, case):
+    """forward (with tape) then backward; returns (ForwardOutput, Gradients)."""
+    T, B, _, H = case.T, case.B, case.I, case.H
+    dtype = inputs["x"].dtype
+    h0 = inputs["h0"] if inputs["h0"] is not None else np.zeros((B, H), dtype)
+    c0 = inputs["c0"] if inputs["c0"] is not None else np.zeros((B, H), dtype)
+    out = backend.forward(inputs["x"], inputs["w_ih"], inputs["w_hh"], inputs["b"], h0, c0,
+                          inputs["peephole"], inputs["lengths"], case.reverse, True)
+    tape = Tape("x", inputs["x"], inputs["w_ih"], inputs["w_hh"], h0, c0, inputs["peephole"],
+                inputs["lengths"], case.reverse, out.y, out.gates, out.c)
+    grads = backend.backward(tape, inputs["dy"], inputs["dh_n"], inputs["dc_n"])
+    return out, grads
+
+
+def _named(out, grads):
+    named = {"y": out.y, "h_n": out.h_n, "c_n": out.c_n, "gates": out.gates, "c": out.c,
+             "dx": grads.dx, "dw_ih": grads.dw_ih, "dw_hh": grads.dw_hh, "db": grads.db,
+             "dh0": grads.dh0, "dc0": grads.dc0}
+    if grads.dpeephole is not None:
+        named["dpeephole"] = grads.dpeephole
+    return named
+
+
+CASES = [
+    Case(T=6, B=7, I=5, H=9, lengths=True, peephole=True),
+    Case(T=5, B=9, I=3, H=4, lengths=True, reverse=True),
+    Case(T=8, B=1, I=6, H=8, peephole=True, reverse=True),
+    Case(T=4, B=5, I=7, H=6, lengths=True, reverse=True, peephole=True),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("path,threads", STRATEGIES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c.T}B{c.B}I{c.I}H{c.H}"
+                         f"{'-len' if c.lengths else ''}{'-rev' if c.reverse else ''}"
+                         f"{'-peep' if c.peephole else ''}")
+def test_strategy_matches_reference(case, path, threads, dtype):
+    inputs = make_inputs(case, dtype)
+    got = _named(*_run(_backend.NumbaBackend(path, threads), inputs, case))
+    inputs64 = {k: (v.astype(np.float64) if v is not None and v.dtype.kind == "f" else v)
+                for k, v in inputs.items()}
+
+    class Ref:
+        forward = staticmethod(reference.forward)
+        backward = staticmethod(reference.backward)
+
+    want = _named(*_run(Ref, inputs64, case))
+    assert set(got) == set(want)
+    for name, value in got.items():
+        assert value.dtype == np.dtype(dtype), f"{name} is {value.dtype}, not {dtype}"
+        scale = max(1.0, float(np.abs(want[name]).max()))
+        err = float(np.abs(value.astype(np.float64) - want[name]).max()) / scale
+        assert err <= TOL[dtype], f"{name}: error {err:.3g} ({path}, threads={threads})"
+
+
+@pytest.mark.parametrize("path,threads", STRATEGIES)
+def test_float32_stays_float32_and_calls_are_bit_identical(path, threads):
+    case = Case(T=9, B=6, I=5, H=7, lengths=True, peephole=True)
+    inputs = make_inputs(case, "float32")
+    backend = _backend.NumbaBackend(path, threads)
+    first = _named(*_run(backend, inputs, case))
+    second = _named(*_run(backend, inputs, case))
+    for name in first:
+        assert first[name].dtype == np.float32, name
+        assert first[name].tobytes() == second[name].tobytes(), f"{name} differs between calls"
+
+
+@pytest.mark.parametrize("path,threads", STRATEGIES)
+def test_inputs_left_unchanged(path, threads):
+    case = Case(T=5, B=5, I=4, H=6, lengths=True, reverse=True, peephole=True)
+    inputs = make_inputs(case, "float32")
+    before = {k: v.copy() for k, v in inputs.items() if v is not None}
+    _run(_backend.NumbaBackend(path, threads), inputs, case)
+    for name, value in before.items():
+        assert np.array_equal(inputs[name], value), f"{name} was written"
+
+
+def test_large_batch_uses_more_than_the_leftover_rows():
+    # 4-row blocking plus leftovers, 2 blocks of 11 and 10 rows, against BLAS.
+    case = Case(T=3, B=21, I=13, H=10, lengths=True)
+    inputs = make_inputs(case, "float64")
+    rows = _named(*_run(_backend.NumbaBackend("rows", 2), inputs, case))
+    blas = _named(*_run(_backend.NumbaBackend("blas"), inputs, case))
+    for name in rows:
+        np.testing.assert_allclose(rows[name], blas[name], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_path_choice():
+    backend = _backend.NumbaBackend(threads=2)
+    assert backend.choose_path(1, 64) == "rows"
+    assert backend.choose_path(16, 128) == "rows"
+    assert backend.choose_path(256, 1024) == "blas"
+    assert _backend.NumbaBackend("blas").choose_path(1, 8) == "blas"
+    with pytest.raises(ValueError):
+        _backend.NumbaBackend("gpu")
+
+
+def test_functional_api_selects_numba_by_default_and_by_name():
+    case = Case(T=4, B=3, I=2, H=5)
+    inputs = make_inputs(case, "float32")
+    named = polylstm.lstm_forward(inputs["x"], inputs["w_ih"], inputs["w_hh"], backend="numba")
+    auto = polylstm.lstm_forward(inputs["x"], inputs["w_ih"], inputs["w_hh"])
+    assert named.backend == auto.backend == "numba"
+    assert named.y.tobytes() == auto.y.tobytes()
+
+
+def test_every_kernel_is_cached_on_disk():
+    dispatchers = [getattr(_kernels, name) for name in dir(_kernels)
+                   if hasattr(getattr(_kernels, name), "py_func")]
+    assert len(dispatchers) >= 10
+    for dispatcher in dispatchers:
+        assert type(dispatcher._cache).__name__ != "NullCache", dispatcher.py_func.__name__
+
+
+def test_threaded_kernels_release_the_gil():
+    for dispatcher in (_kernels.forward_rows, _kernels.backward_rows,
+                       _kernels.forward_blas, _kernels.backward_blas):
+        assert dispatcher.targetoptions.get("nogil") is True, dispatcher.py_func.__name__
+
+
+def test_importing_the_plugin_does_not_import_numba():
+    code = ("import sys, polylstm, polylstm_numba; polylstm.available_backends(); "
+            "assert 'numba' not in sys.modules, 'numba imported'; "
+            "assert 'polylstm_numba._kernels' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_available_reports_what_is_missing(monkeypatch):
+    real = polylstm_numba.importlib.util.find_spec
+
+    def missing(name):
+        return lambda module, *a: None if module == name else real(module, *a)
+
+    assert polylstm_numba._available() is None
+    monkeypatch.setattr(polylstm_numba.importlib.util, "find_spec", missing("numba"))
+    assert polylstm_numba._available() == "numba not installed"
+    monkeypatch.setattr(polylstm_numba.importlib.util, "find_spec", missing("scipy"))
+    assert polylstm_numba._available() == "scipy not installed (numba needs it for BLAS)"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activation_accuracy_and_dtype(dtype):
+    from numba import njit
+
+    @njit
+    def apply(a, t, s):
+        for i in range(a.shape[0]):
+            t[i] = _activations.tanh(a[i])
+            s[i] = _activations.sigmoid(a[i])
+
+    x = np.concatenate([np.linspace(-30, 30, 200001), [0.0, 1e-30, -1e-30]]).astype(dtype)
+    t = np.empty_like(x)
+    s = np.empty_like(x)
+    apply(x, t, s)
+    x64 = x.astype(np.float64)
+    want_t = np.tanh(x64)
+    want_s = 0.5 * (1 + np.tanh(0.5 * x64))
+    if dtype == np.float32:  # the rational approximation
+        assert np.max(np.abs(t - want_t) / np.maximum(np.abs(want_t), 1e-30)) < 4e-7
+        assert np.max(np.abs(s - want_s)) < 2e-7
+    else:  # libm
+        assert np.max(np.abs(t - want_t)) < 1e-15
+        assert np.max(np.abs(s - want_s)) < 1e-15
+    assert np.abs(t).max() <= 1 and s.min() >= 0 and s.max() <= 1
