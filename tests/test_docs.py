@@ -68,3 +68,16 @@ def test_gate_figure_script_draws_real_trajectories(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "backend numpy" in result.stdout
+
+
+def test_docstring_extension_keeps_lines_and_code_blocks():
+    _require("griffe")
+    import importlib.util as iu
+
+    spec = iu.spec_from_file_location("griffe_plain_docstrings", ROOT / "docs" / "scripts" / "griffe_plain_docstrings.py")
+    module = iu.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = ("Run it::\n\n    a = b  # code\n    c = d\n\n"
+            "x: (T, B, I)\nw_ih: (4H, I), see :func:`~polylstm.lstm_forward`\n\nlast")
+    assert module.plain(text) == ("Run it:\n\n    a = b  # code\n    c = d\n\n"
+                                  "x: (T, B, I)  \nw_ih: (4H, I), see `polylstm.lstm_forward`\n\nlast")
