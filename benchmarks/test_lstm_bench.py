@@ -6,6 +6,8 @@ inputs; a runner that computes something else fails here and is never timed.
 See conftest.py for the command line.
 """
 
+import time
+
 import pytest
 
 from polylstm import benchmarking as bm
@@ -29,6 +31,7 @@ def test_lstm(benchmark, bench_case, bench_inputs, bench_settings):
     benchmark.group = f"{shape.label} {mode} {dtype}"
     benchmark.extra_info.update({"runner": runner.name, "flops": shape.flops(mode),
                                  "max_error": error, "threads": bench_settings["threads"]})
+    time.sleep(bm.SETTLE_S)  # let the reference's and other runners' thread pools go idle
     benchmark.pedantic(prepared.run, rounds=bench_settings["rounds"], warmup_rounds=1,
                        iterations=1)
     stats = getattr(benchmark, "stats", None)

@@ -49,6 +49,14 @@ DTYPES = ("float32", "float64")
 #: float32 is loose enough for fast-math activations (oneDNN, ours) over 200 steps.
 TOLERANCES = {"float32": 2e-3, "float64": 1e-9}
 
+#: Seconds to wait after the reference check and before the warm-up of each
+#: case. BLAS and OpenMP thread pools (NumPy's OpenBLAS computing the
+#: reference, the previous runner's pool) keep spinning for up to ~0.1 s after
+#: their last call; on a 2-core machine a spinning worker took a core from the
+#: next runner (measured: 4.5 ms -> 7.5 ms for numba at T100-B16-I128-H128
+#: right after a NumPy product). Waiting gives every runner idle neighbours.
+SETTLE_S = 0.3
+
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
@@ -470,11 +478,13 @@ def default_threads() -> int:
 
 def measure(runner: Runner, shape: Shape, mode: str = "forward", dtype: str = "float32",
             repeats: int = 5, warmup: int = 1, seed: int = 0, threads: Optional[int] = None,
-            verify: bool = True, inputs: Optional[Inputs] = None) -> Measurement:
+            verify: bool = True, inputs: Optional[Inputs] = None,
+            settle_s: float = SETTLE_S) -> Measurement:
     """Check ``runner`` against the reference on seeded inputs, then time it.
 
     The check's call also serves as the first warm-up (JIT compilation, weight
-    packing); ``warmup`` more untimed calls follow, then ``repeats`` timed ones.
+    packing); then a pause of ``settle_s`` (see :data:`SETTLE_S`), ``warmup``
+    more untimed calls, and ``repeats`` timed ones.
     """
     def outcome(status, **kw):
         return Measurement(runner.name, shape, mode, dtype, status, **kw)
@@ -493,6 +503,7 @@ def measure(runner: Runner, shape: Shape, mode: str = "forward", dtype: str = "f
             if not error <= TOLERANCES[dtype]:
                 return outcome("wrong", max_error=error,
                                message=f"max error {error:.3g} > tolerance {TOLERANCES[dtype]:g}")
+        time.sleep(settle_s)
         times = time_call(prepared.run, repeats, warmup)
     except Exception as exc:  # a benchmark grid reports a failing runner and goes on
         return outcome("error", message=f"{type(exc).__name__}: {exc}")

@@ -98,15 +98,17 @@ class NumbaBackend(Backend):
         T, B, I = x.shape
         H = w_hh.shape[1]
         dtype = x.dtype
+        # Without lengths every step of every row is written: no zero fill.
+        alloc = np.zeros if lengths is not None else np.empty
         lengths = _lengths(lengths, T, B)
         p = _peephole(peephole, H, dtype)
 
         w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 4H): rows feed the vectorised loop
         xw = np.empty((T, B, 4 * H), dtype)  # input projection + bias of every step
-        y = np.zeros((T, B, H), dtype)
+        y = alloc((T, B, H), dtype)
         if store:
-            gates = np.zeros((T, B, 4 * H), dtype)
-            ctape = np.zeros((T, B, H), dtype)
+            gates = alloc((T, B, 4 * H), dtype)
+            ctape = alloc((T, B, H), dtype)
         else:  # per-step scratch, overwritten every step
             gates = np.empty((1, B, 4 * H), dtype)
             ctape = np.empty((1, B, H), dtype)
@@ -129,12 +131,13 @@ class NumbaBackend(Backend):
         """dy: (T, B, H)  dh_n, dc_n: (B, H). Returns Gradients."""
         T, B, I, H = tape.shape
         dtype = tape.x.dtype
+        alloc = np.zeros if tape.lengths is not None else np.empty  # as in forward
         lengths = _lengths(tape.lengths, T, B)
         p = _peephole(tape.peephole, H, dtype)
         dh = dh_n.copy()
         dc = dc_n.copy()
-        da = np.zeros((T, B, 4 * H), dtype)
-        hprev = np.zeros((T, B, H), dtype)
+        da = alloc((T, B, 4 * H), dtype)
+        hprev = alloc((T, B, H), dtype)
         tmp = np.empty((B, H), dtype)
         reverse = bool(tape.reverse)
         if self.choose_path(B, H) == "rows":

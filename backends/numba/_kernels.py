@@ -8,8 +8,9 @@ disk (``cache=True``), so a machine pays the JIT cost once.
 Time order follows the reference: the loop visits t = 0..T-1 (or T-1..0 when
 ``reverse``), every sequence at the same t; sequence b is *active* at t when
 ``t < lengths[b]``. An inactive sequence keeps its state and gets zeros in
-``y``, ``gates`` and ``c`` (the output buffers arrive zero-filled). For a
-reverse direction this starts each sequence at its own ``lengths[b] - 1``.
+``y``, ``gates`` and ``c`` (the output buffers arrive zero-filled when there
+are padded steps). For a reverse direction this starts each sequence at its
+own ``lengths[b] - 1``.
 
 Two ways to run the recurrence, chosen by the caller per call:
 
@@ -156,7 +157,8 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, c
     xw: (T, B, 4H) input projection x @ w_ih.T.   b: (4H,) bias.
     w_hh_t: (H, 4H) = w_hh.T, C order.
     p: (3, H)   lengths: (B,) int64   h, c: (B, H) state, updated in place.
-    y: (T, B, H), gates: (T, B, 4H), ctape: (T, B, H) zero-filled outputs; when
+    y: (T, B, H), gates: (T, B, 4H), ctape: (T, B, H) outputs (zero-filled where
+    a row has padded steps: inactive steps are not written); when
     the caller keeps no tape, ``gates`` and ``ctape`` are (1, B, ·) scratch
     rewritten every step.   acc: (B, 4H) scratch for the recurrent product.
     """
@@ -265,7 +267,8 @@ def _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates
     dy: (T, B, H)   w_hh: (4H, H)   p: (3, H)   lengths: (B,)   h0, c0: (B, H)
     y, ctape: (T, B, H) and gates: (T, B, 4H) from the tape.
     dh, dc: (B, H) start as dh_n, dc_n and end as dh0, dc0 (updated in place).
-    da: (T, B, 4H) zero-filled, receives da_t.   hprev: (T, B, H) receives
+    da: (T, B, 4H) receives da_t (zero-filled when rows have padded steps).
+    hprev: (T, B, H) receives
     h_{t-1} of every active step (for dw_hh).   dp: (nblocks, 3, H) zero-filled,
     row ``blk`` receives this block's peephole gradient.   tmp: (B, H) scratch.
     """
