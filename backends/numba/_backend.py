@@ -83,11 +83,11 @@ class NumbaBackend(Backend):
     def _threads(self):
         return self.threads if self.threads is not None else numba.get_num_threads()
 
-    def choose_path(self, B, H):
+    def choose_path(self, B, H, nthreads=None):
         """'rows' or 'blas' for a batch of B rows and hidden size H."""
         if self.path != "auto":
             return self.path
-        nthreads = self._threads()
+        nthreads = nthreads or self._threads()
         rows_per_thread = -(-B // max(1, min(B, nthreads)))
         return "rows" if rows_per_thread * H * 4 * H <= ROWS_PATH_MAX_MACS else "blas"
 
@@ -116,9 +116,10 @@ class NumbaBackend(Backend):
         c = c0.copy()
         acc = np.empty((B, 4 * H), dtype)
         reverse = bool(reverse)
-        if self.choose_path(B, H) == "rows":
+        nthreads = self._threads()
+        if self.choose_path(B, H, nthreads) == "rows":
             w_ih_t = np.ascontiguousarray(w_ih.T)  # (I, 4H)
-            _run_blocks(_forward_block, _row_blocks(B, self._threads()),
+            _run_blocks(_forward_block, _row_blocks(B, nthreads),
                         x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, xw, acc)
         else:
             _kernels.forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse,
@@ -140,29 +141,22 @@ class NumbaBackend(Backend):
         hprev = alloc((T, B, H), dtype)
         tmp = np.empty((B, H), dtype)
         reverse = bool(tape.reverse)
-        if self.choose_path(B, H) == "rows":
-            blocks = _row_blocks(B, self._threads())
-            nb = len(blocks)
-            dp = np.zeros((nb, 3, H), dtype)
-            dx = np.zeros((T, B, I), dtype)
-            dw_ih = np.zeros((nb, 4 * H, I), dtype)
-            dw_hh = np.zeros((nb, 4 * H, H), dtype)
-            db = np.zeros((nb, 4 * H), dtype)
-            _run_blocks(_kernels.backward_rows, blocks, tape.x, tape.w_ih, dy, tape.w_hh, p,
-                        lengths, reverse, tape.h0, tape.c0, tape.y, tape.gates, tape.c,
-                        dh, dc, da, hprev, dp, tmp, dx, dw_ih, dw_hh, db)
-            # Partial sums of the row blocks, added in block order (deterministic).
-            dw_ih, dw_hh, db = dw_ih.sum(axis=0), dw_hh.sum(axis=0), db.sum(axis=0)
+        nthreads = self._threads()
+        if self.choose_path(B, H, nthreads) == "rows":
+            blocks = _row_blocks(B, nthreads)
+            dp = np.zeros((len(blocks), 3, H), dtype)
+            _run_blocks(_kernels.backward_rows, blocks, dy, tape.w_hh, p, lengths, reverse,
+                        tape.h0, tape.c0, tape.y, tape.gates, tape.c, dh, dc, da, hprev, dp, tmp)
         else:
             dp = np.zeros((1, 3, H), dtype)
             _kernels.backward_blas(dy, tape.w_hh, p, lengths, reverse, tape.h0, tape.c0,
                                    tape.y, tape.gates, tape.c, dh, dc, da, hprev, dp, tmp)
-            # Parameter and input gradients: one large product each over all steps.
-            dx = np.empty((T, B, I), dtype)
-            dw_ih = np.empty((4 * H, I), dtype)
-            dw_hh = np.empty((4 * H, H), dtype)
-            db = np.empty(4 * H, dtype)
-            _kernels.backward_products(da, tape.x, tape.w_ih, hprev, dx, dw_ih, dw_hh, db)
+        # Parameter and input gradients: one large product each over all steps.
+        dx = np.empty((T, B, I), dtype)
+        dw_ih = np.empty((4 * H, I), dtype)
+        dw_hh = np.empty((4 * H, H), dtype)
+        db = np.empty(4 * H, dtype)
+        _kernels.backward_products(da, tape.x, tape.w_ih, hprev, dx, dw_ih, dw_hh, db)
         dpeephole = dp.sum(axis=0) if tape.peephole is not None else None
         return Gradients(dx=dx, dw_ih=dw_ih, dw_hh=dw_hh, db=db, dh0=dh, dc0=dc,
                          dpeephole=dpeephole)
@@ -176,7 +170,9 @@ def _forward_block(r0, r1, k, *args):
 def _lengths(lengths, T, B):
     """(B,) int64 lengths; all T when the call has none."""
     if lengths is None:
-        return np.full(B, T, np.int64)
+        full = np.empty(B, np.int64)
+        full.fill(T)  # np.full costs several times more on tiny arrays
+        return full
     return np.ascontiguousarray(lengths, dtype=np.int64)
 
 

@@ -28,9 +28,10 @@ Two ways to run the recurrence, chosen by the caller per call:
   is near peak and per-call overhead is negligible.
 
 Either way the input projection ``x @ w_ih.T`` of all steps is computed before
-the time loop, and after the backward loop ``dx``, ``dw_ih``, ``dw_hh`` and
-``db`` are products over all steps (per row block on the rows path; one BLAS
-GEMM each on the BLAS path): only ``dh_{t-1} = da_t @ w_hh`` is sequential.
+the time loop (per row block by hand on the rows path, one BLAS GEMM on the
+BLAS path), and after the backward loop ``dx``, ``dw_ih``, ``dw_hh`` and
+``db`` are one BLAS GEMM each over all steps (``backward_products``): only
+``dh_{t-1} = da_t @ w_hh`` is sequential.
 """
 
 import numpy as np
@@ -299,85 +300,18 @@ def _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates
                 dh[r] = tmp[r]
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def outer_acc(a3, b3, r0, r1, out):
-    """out (M, N) += sum over t and r0 <= r < r1 of outer(a3[t, r], b3[t, r]).
-
-    a3: (T, B, M)   b3: (T, B, N). This is ``A.T @ Bm`` with A, Bm the rows
-    (t, r) of the block stacked, done without copying them out. Blocking as in
-    ``matmul_acc``: 4 rows of ``out`` (kept in L1 across all (t, r)) x 4 (t, r)
-    pairs per pass of the vectorised loop over N.
-    """
-    T = a3.shape[0]
-    nr = r1 - r0
-    Q = T * nr
-    Q4 = Q - Q % 4
-    M, N = out.shape
-    M4 = M - M % 4
-    for m in range(0, M, 4):
-        mm = min(4, M - m)
-        for q in range(0, Q4, 4):
-            t0, s0 = q // nr, r0 + q % nr
-            t1, s1 = (q + 1) // nr, r0 + (q + 1) % nr
-            t2, s2 = (q + 2) // nr, r0 + (q + 2) % nr
-            t3, s3 = (q + 3) // nr, r0 + (q + 3) % nr
-            x0 = b3[t0, s0]
-            x1 = b3[t1, s1]
-            x2 = b3[t2, s2]
-            x3 = b3[t3, s3]
-            if m < M4:
-                for i in range(4):
-                    oi = out[m + i]
-                    c0 = a3[t0, s0, m + i]
-                    c1 = a3[t1, s1, m + i]
-                    c2 = a3[t2, s2, m + i]
-                    c3 = a3[t3, s3, m + i]
-                    for n in range(N):
-                        oi[n] += c0 * x0[n] + c1 * x1[n] + c2 * x2[n] + c3 * x3[n]
-            else:
-                for i in range(mm):
-                    oi = out[m + i]
-                    c0 = a3[t0, s0, m + i]
-                    c1 = a3[t1, s1, m + i]
-                    c2 = a3[t2, s2, m + i]
-                    c3 = a3[t3, s3, m + i]
-                    for n in range(N):
-                        oi[n] += c0 * x0[n] + c1 * x1[n] + c2 * x2[n] + c3 * x3[n]
-        for q in range(Q4, Q):
-            t0, s0 = q // nr, r0 + q % nr
-            x0 = b3[t0, s0]
-            for i in range(mm):
-                oi = out[m + i]
-                c0 = a3[t0, s0, m + i]
-                for n in range(N):
-                    oi[n] += c0 * x0[n]
-
-
 @njit(cache=True, nogil=True, error_model="numpy")
-def backward_rows(r0, r1, blk, x, w_ih, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
-                  dh, dc, da, hprev, dp, tmp, dx, dw_ih, dw_hh, db):
-    """Whole BPTT for batch rows r0..r1-1 without BLAS (one row block per
-    thread, GIL released; see ``forward_rows`` for why no BLAS).
-
-    x: (T, B, I)   w_ih: (4H, I). After the time loop (``_backward_steps``,
-    same arguments) this block's share of the gradients: rows r0..r1-1 of
-    dx (T, B, I), and partial sums dw_ih[blk] (nb, 4H, I), dw_hh[blk]
-    (nb, 4H, H), db[blk] (nb, 4H), all zero-filled on entry; the caller adds
-    the partial sums of the blocks.
+def backward_rows(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
+                  dh, dc, da, hprev, dp, tmp):
+    """BPTT time loop for rows r0..r1-1 with the hand-written product (one
+    row block per thread, GIL released); block ``blk`` writes ``dp[blk]``
+    (nb, 3, H). Arguments as ``_backward_steps``. The caller then computes
+    the gradients of all steps with ``backward_products``: done per block by
+    hand they measured slower than one BLAS GEMM each (T100-B16-I128-H128 and
+    T200-B1-I32-H64, fwd+bwd).
     """
     _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0,
                     y, gates, ctape, dh, dc, da, hprev, dp, tmp, False)
-    T = x.shape[0]
-    G = da.shape[2]
-    for t in range(T):
-        matmul_acc(da[t, r0:r1], w_ih, dx[t, r0:r1])
-        dbb = db[blk]
-        for r in range(r0, r1):
-            row = da[t, r]
-            for j in range(G):
-                dbb[j] += row[j]
-    outer_acc(da, x, r0, r1, dw_ih[blk])
-    outer_acc(da, hprev, r0, r1, dw_hh[blk])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
