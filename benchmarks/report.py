@@ -1,11 +1,12 @@
 """Print the benchmark grid as a Markdown table (what docs/benchmarks.md records).
 
     python benchmarks/report.py [--runner numba --runner pytorch ...] [--shape LABEL ...]
-                                [--mode forward ...] [--dtype float32] [--repeats 7]
+                                [--mode forward ...] [--dtype float32] [--repeats 3] [--rounds 3]
 
 Uses the same functions as the pytest-benchmark suite (polylstm.benchmarking):
-every runner is checked against the NumPy reference before it is timed, runners
-of one case run back to back on the same inputs, and the table gives medians,
+every runner is checked against the NumPy reference before it is timed, the
+runners of one case are timed in interleaved rounds on the same inputs
+(medians over all rounds), and the table gives medians,
 GFLOP/s, the share of the measured GEMM ceiling and ratios to PyTorch and ONNX
 Runtime. A header lists the machine and versions.
 """
@@ -48,7 +49,9 @@ def main(argv=None):
     parser.add_argument("--shape", action="append", default=None)
     parser.add_argument("--mode", action="append", default=None, choices=bm.MODES)
     parser.add_argument("--dtype", default="float32", choices=bm.DTYPES)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per runner and round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per case, runners interleaved (see benchmarking.compare)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -70,7 +73,7 @@ def main(argv=None):
               flush=True)
 
     results = bm.compare(runners, shapes, args.mode or bm.MODES, args.dtype, args.repeats,
-                         threads=threads, progress=progress)
+                         threads=threads, rounds=args.rounds, progress=progress)
     print()
     print(bm.format_table(results, ceiling_gflops=ceiling))
 

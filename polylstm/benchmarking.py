@@ -524,22 +524,44 @@ def measure_gemm_ceiling(dtype: str = "float32", n: int = 2048, repeats: int = 5
 
 def compare(runners: Sequence[Runner], shapes: Sequence[Shape] = SHAPES,
             modes: Sequence[str] = MODES, dtype: str = "float32", repeats: int = 5,
-            warmup: int = 1, threads: Optional[int] = None,
+            warmup: int = 1, threads: Optional[int] = None, rounds: int = 1,
             progress: Optional[Callable[[Measurement], None]] = None) -> list:
-    """Measure every runner on every shape and mode; runners of one case run
-    one after another on the same inputs. ``progress`` is called per result."""
+    """Measure every runner on every shape and mode on the same inputs.
+
+    rounds: each case is timed in ``rounds`` rounds; every round times every
+    runner (``warmup`` + ``repeats`` calls, after the settle pause), starting
+    with a different runner each round, and a runner's median is taken over
+    all its rounds. On a shared machine a burst of foreign load then lands on
+    every runner alike instead of on whichever ran at the time, which keeps the
+    ratios honest. Only the first round checks against the reference.
+    ``progress`` is called with each case's merged result.
+    """
     results = []
     for shape in shapes:
         inputs = make_inputs(shape, dtype)
         for mode in modes:
-            for runner in runners:
-                if mode not in runner.modes:
-                    continue
-                m = measure(runner, shape, mode, dtype, repeats, warmup, threads=threads,
-                            inputs=inputs)
-                results.append(m)
+            active = [r for r in runners if mode in r.modes]
+            merged = {}
+            for k in range(max(1, rounds)):
+                order = active[k % len(active):] + active[:k % len(active)] if active else []
+                for runner in order:
+                    previous = merged.get(runner.name)
+                    if previous is not None and previous.status != "ok":
+                        continue  # wrong, failed or unavailable: reported once, not timed
+                    m = measure(runner, shape, mode, dtype, repeats, warmup, threads=threads,
+                                verify=previous is None, inputs=inputs)
+                    if previous is None or m.status != "ok":
+                        merged[runner.name] = m
+                        continue
+                    times = previous.times_s + m.times_s
+                    median = statistics.median(times)
+                    merged[runner.name] = dataclasses.replace(
+                        previous, times_s=times, median_s=median,
+                        gflops=shape.flops(mode) / median / 1e9)
+            for runner in active:
+                results.append(merged[runner.name])
                 if progress is not None:
-                    progress(m)
+                    progress(merged[runner.name])
     return results
 
 

@@ -121,3 +121,24 @@ def test_comparators_agree_with_the_reference_when_installed():
         for mode in runner.modes:
             m = bm.measure(runner, TINY, mode, "float32", repeats=1, settle_s=0)
             assert m.status == "ok", f"{runner.name} {mode}: {m.message}"
+
+
+def test_compare_merges_rounds_and_checks_once():
+    calls = {"check": 0}
+    good = bm.list_runners(names=["numpy"])[0]
+
+    def prepare(inputs, mode, threads):
+        inner = good.prepare(inputs, mode, threads)
+
+        def collect(out):
+            calls["check"] += 1
+            return inner.collect(out)
+
+        return bm.Prepared(inner.run, collect)
+
+    runners = [_runner("a", prepare), _runner("b", prepare, modes=("forward",))]
+    results = bm.compare(runners, [TINY], bm.MODES, "float64", repeats=2, warmup=0, rounds=3)
+    assert [(m.runner, m.mode) for m in results] == [("a", "forward"), ("b", "forward"),
+                                                     ("a", "forward_backward")]
+    assert all(m.status == "ok" and len(m.times_s) == 6 for m in results)
+    assert calls["check"] == 3  # one reference check per runner and case

@@ -1,0 +1,133 @@
+"""Where the Numba backend's forward time goes, per shape of the grid (float32).
+
+    python benchmarks/numba_breakdown.py [--shape LABEL ...] [--repeats 7]
+
+For each shape it times, as compiled loops over the same arrays the backend
+uses: the whole ``NumbaBackend.forward`` (no tape); the input projection alone;
+the T recurrent products alone; the T gate passes alone. Each component is
+timed with the strategy the backend picks for that shape (``rows``: hand-written
+products, one thread per row block; ``blas``: numba's np.dot, i.e. scipy's
+OpenBLAS). Medians in ms, and GFLOP/s for the products. This is the evidence
+for the "what limits it" notes in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import numpy as np
+from numba import njit
+
+from polylstm import benchmarking as bm
+from polylstm_numba import _backend, _kernels
+
+
+@njit(nogil=True)
+def _blas_projection(x2, w_ih, out):
+    """out (T*B, 4H) = x2 (T*B, I) @ w_ih.T, one BLAS GEMM."""
+    np.dot(x2, w_ih.T, out)
+
+
+@njit(nogil=True)
+def _blas_steps(h, w_hh_t, acc, T):
+    """T recurrent GEMMs h (B, H) @ w_hh_t (H, 4H) into acc (B, 4H)."""
+    for _ in range(T):
+        np.dot(h, w_hh_t, acc)
+
+
+@njit(nogil=True)
+def _hand_projection(r0, r1, x, w_ih_t, xw):
+    """Per step, rows r0..r1-1: xw[t] = x[t] @ w_ih_t with the hand-written product."""
+    for t in range(x.shape[0]):
+        xwt = xw[t, r0:r1]
+        xwt[:] = 0
+        _kernels.matmul_acc(x[t, r0:r1], w_ih_t, xwt)
+
+
+@njit(nogil=True)
+def _hand_steps(r0, r1, h, w_hh_t, acc, T):
+    """T recurrent products for rows r0..r1-1 with the hand-written product."""
+    for _ in range(T):
+        ac = acc[r0:r1]
+        ac[:] = 0
+        _kernels.matmul_acc(h[r0:r1], w_hh_t, ac)
+
+
+@njit(nogil=True)
+def _gate_passes(r0, r1, acc, xw, b, p, h, c, y, g, ct):
+    """T gate passes (the cell) for rows r0..r1-1, no products."""
+    for t in range(xw.shape[0]):
+        for r in range(r0, r1):
+            _kernels._cell_forward_row(acc[r], xw[t, r], b, p, h[r], c[r], y[t, r], g[0, r], ct[0, r])
+
+
+def _median_ms(function, repeats):
+    return statistics.median(bm.time_call(function, repeats, warmup=1)) * 1e3
+
+
+def breakdown(shape: bm.Shape, repeats: int):
+    """Rows of (component, ms, GFLOP/s or None) for one shape."""
+    inp = bm.make_inputs(shape, "float32")
+    T, B, I, H = shape.T, shape.B, shape.I, shape.H
+    dt = np.float32
+    backend = _backend.NumbaBackend()
+    threads = backend._threads()
+    path = backend.choose_path(B, H, threads)
+    blocks = _backend._row_blocks(B, threads) if path == "rows" else [(0, B)]
+
+    def on_blocks(function, *args):
+        # The rows path runs one block per thread, as the backend does.
+        _backend._run_blocks(lambda r0, r1, k, *a: function(r0, r1, *a), blocks, *args)
+
+    w_hh_t = np.ascontiguousarray(inp.w_hh.T)
+    w_ih_t = np.ascontiguousarray(inp.w_ih.T)
+    xw = np.zeros((T, B, 4 * H), dt)
+    acc = np.zeros((B, 4 * H), dt)
+    h = inp.h0.copy()
+    c = inp.c0.copy()
+    y = np.zeros((T, B, H), dt)
+    g = np.zeros((1, B, 4 * H), dt)
+    ct = np.zeros((1, B, H), dt)
+    p = np.zeros((3, H), dt)
+    proj_flops = 2 * T * B * I * 4 * H
+    rec_flops = 2 * T * B * H * 4 * H
+
+    total = _median_ms(lambda: backend.forward(inp.x, inp.w_ih, inp.w_hh, inp.b, inp.h0, inp.c0,
+                                               None, None, False, False), repeats)
+    if path == "blas":
+        proj = _median_ms(lambda: _blas_projection(inp.x.reshape(T * B, I), inp.w_ih,
+                                                   xw.reshape(T * B, 4 * H)), repeats)
+        rec = _median_ms(lambda: _blas_steps(h, w_hh_t, acc, T), repeats)
+    else:
+        proj = _median_ms(lambda: on_blocks(_hand_projection, inp.x, w_ih_t, xw), repeats)
+        rec = _median_ms(lambda: on_blocks(_hand_steps, h, w_hh_t, acc, T), repeats)
+    gates = _median_ms(lambda: on_blocks(_gate_passes, acc, xw, inp.b, p, h, c, y, g, ct), repeats)
+    return path, len(blocks), [
+        ("forward (backend, no tape)", total, shape.flops("forward") / total / 1e6),
+        ("input projection", proj, proj_flops / proj / 1e6),
+        ("T recurrent products", rec, rec_flops / rec / 1e6),
+        ("T gate passes", gates, None),
+        ("rest (total - parts)", total - proj - rec - gates, None),
+    ]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", action="append", default=None)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    by_label = {s.label: s for s in bm.SHAPES}
+    shapes = [by_label[label] for label in args.shape] if args.shape else list(bm.SHAPES)
+    print(f"float32 GEMM ceiling (NumPy BLAS, 2048^3): {bm.measure_gemm_ceiling():.1f} GFLOP/s")
+    print("| shape | path (blocks) | component | median ms | GFLOP/s |")
+    print("|---|---|---|---|---|")
+    for shape in shapes:
+        path, nblocks, rows = breakdown(shape, args.repeats)
+        for name, ms, gflops in rows:
+            rate = f"{gflops:.0f}" if gflops else ""
+            print(f"| {shape.label} | {path} ({nblocks}) | {name} | {ms:.3f} | {rate} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
