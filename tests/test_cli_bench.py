@@ -86,7 +86,8 @@ def test_a_wrong_backend_is_reported_and_never_ranked(capsys, registered, tmp_pa
     wrong = registered("bench-test-wrong", _WrongOutputs)
     twin = registered("bench-test-twin", _Delegating)
     path = tmp_path / "bench.json"
-    code, out, _ = _bench(capsys, "--backends", f"numpy,{wrong},{twin}", "--shape", SHAPE, "--json", str(path))
+    code, out, _ = _bench(capsys, "--backends", f"numpy,{wrong},{twin}", "--shape", SHAPE, "--json", str(path),
+                          "--rounds", "2")
 
     assert code == 1, out  # a wrong result makes the command fail
     title = "T=6 B=3 I=4 H=5  float32"
@@ -109,12 +110,12 @@ def test_a_wrong_backend_is_reported_and_never_ranked(capsys, registered, tmp_pa
             assert r["max_error"] > r["tolerance"]
         else:
             assert r["status"] == "ok" and r["max_error"] <= r["tolerance"]
-            assert r["median_s"] > 0 and len(r["times_s"]) == 2 and r["gflops"] > 0
+            assert r["median_s"] > 0 and len(r["times_s"]) == 2 * 2 and r["gflops"] > 0  # repeats x rounds
             assert r["rank"] in (1, 2) and r["ratio_to_fastest"] >= 1.0
     for mode in ("forward", "forward_backward"):
         ranks = sorted(r["rank"] for r in results if r["mode"] == mode and r["status"] == "ok")
         assert ranks == [1, 2]
-    assert record["settings"]["repeats"] == 2
+    assert record["settings"]["repeats"] == 2 and record["settings"]["rounds"] == 2
     assert {r["name"] for r in record["runners"]} == {"numpy", wrong, twin}
 
 
