@@ -215,7 +215,7 @@ def format_tables(measurements: Sequence[bm.Measurement], modes: Sequence[str]) 
                     row += ["-", "", ""]
                 elif m.status == "ok":
                     ratio, position = ranking[id(m)]
-                    row += [f"{m.median_s * 1e3:.3f}", f"{m.gflops:.2f}", f"{ratio:.2f}" + (" *" if position == 1 else "  ")]
+                    row += [f"{m.median_s * 1e3:.3f}", f"{m.gflops:.3g}", f"{ratio:.2f}" + (" *" if position == 1 else "  ")]
                 else:
                     row += [m.status.upper(), "", ""]
                     if m.status != "unsupported":
