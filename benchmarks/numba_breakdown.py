@@ -75,10 +75,11 @@ def breakdown(shape: bm.Shape, repeats: int):
     threads = backend._threads()
     path = backend.choose_path(B, H, threads)
     blocks = _backend._row_blocks(B, threads) if path == "rows" else [(0, B)]
+    threads = threads if path == "rows" else 1
 
     def on_blocks(function, *args):
         # The rows path runs one block per thread, as the backend does.
-        _backend._run_blocks(lambda r0, r1, k, *a: function(r0, r1, *a), blocks, *args)
+        _backend._run_blocks(lambda r0, r1, k, *a: function(r0, r1, *a), blocks, threads, *args)
 
     w_hh_t = np.ascontiguousarray(inp.w_hh.T)
     w_ih_t = np.ascontiguousarray(inp.w_ih.T)
