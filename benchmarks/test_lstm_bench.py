@@ -32,8 +32,8 @@ def test_lstm(benchmark, bench_case, bench_inputs, bench_settings):
     benchmark.extra_info.update({"runner": runner.name, "flops": shape.flops(mode),
                                  "max_error": error, "threads": bench_settings["threads"]})
     time.sleep(bm.SETTLE_S)  # let the reference's and other runners' thread pools go idle
-    benchmark.pedantic(prepared.run, rounds=bench_settings["rounds"], warmup_rounds=1,
-                       iterations=1)
+    bm.time_call(prepared.run, repeats=0, warmup=1, warmup_s=bm.WARMUP_S)
+    benchmark.pedantic(prepared.run, rounds=bench_settings["rounds"], iterations=1)
     stats = getattr(benchmark, "stats", None)
     if stats is not None:  # None when timing is disabled (--benchmark-disable)
         benchmark.extra_info["gflops"] = shape.flops(mode) / stats.stats.median / 1e9

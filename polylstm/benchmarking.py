@@ -57,6 +57,12 @@ TOLERANCES = {"float32": 2e-3, "float64": 1e-9}
 #: right after a NumPy product). Waiting gives every runner idle neighbours.
 SETTLE_S = 0.3
 
+#: Minimum seconds of untimed warm-up calls after the settle pause: one call
+#: of a sub-millisecond case does not bring clocks, caches and thread pools
+#: back (measured: T200-B1-I32-H64 forward 0.26 ms warm, 0.37-0.41 ms after
+#: the pause with a single warm-up call, for every runner alike).
+WARMUP_S = 0.1
+
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
@@ -433,10 +439,15 @@ def check(prepared: Prepared, inputs: Inputs, mode: str) -> float:
 
 # -- timing -------------------------------------------------------------------------
 
-def time_call(function: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> list:
-    """Wall-clock seconds of ``repeats`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
+def time_call(function: Callable[[], Any], repeats: int = 5, warmup: int = 1,
+              warmup_s: float = 0.0) -> list:
+    """Wall-clock seconds of ``repeats`` calls after untimed ones: at least
+    ``warmup`` calls, and more until ``warmup_s`` seconds have passed."""
+    start = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - start < warmup_s:
         function()
+        done += 1
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -484,7 +495,8 @@ def measure(runner: Runner, shape: Shape, mode: str = "forward", dtype: str = "f
 
     The check's call also serves as the first warm-up (JIT compilation, weight
     packing); then a pause of ``settle_s`` (see :data:`SETTLE_S`), ``warmup``
-    more untimed calls, and ``repeats`` timed ones.
+    more untimed calls (continued for :data:`WARMUP_S` after a pause), and
+    ``repeats`` timed ones.
     """
     def outcome(status, **kw):
         return Measurement(runner.name, shape, mode, dtype, status, **kw)
@@ -504,7 +516,7 @@ def measure(runner: Runner, shape: Shape, mode: str = "forward", dtype: str = "f
                 return outcome("wrong", max_error=error,
                                message=f"max error {error:.3g} > tolerance {TOLERANCES[dtype]:g}")
         time.sleep(settle_s)
-        times = time_call(prepared.run, repeats, warmup)
+        times = time_call(prepared.run, repeats, warmup, warmup_s=WARMUP_S if settle_s else 0.0)
     except Exception as exc:  # a benchmark grid reports a failing runner and goes on
         return outcome("error", message=f"{type(exc).__name__}: {exc}")
     median = statistics.median(times)
