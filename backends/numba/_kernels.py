@@ -119,7 +119,9 @@ def _cell_forward_row(a, xr, b, p, hr, cr, yr, gr, ctr):
 
     a:  (4H,) recurrent part h_{t-1} @ w_hh.T     xr: (4H,) x_t @ w_ih.T
     b:  (4H,) bias (added here rather than in a pass over the projection)
-    ``a`` is overwritten with the pre-activations.
+    ``a`` is overwritten with the pre-activations. ``xr`` may be the same
+    memory as ``gr`` (the projection kept in the gate tape): it is read only
+    in the first loop, before ``gr`` is written.
     p:  (3, H) peepholes (zeros when the call has none)
     hr, cr: (H,) state, updated in place.  yr: (H,) output row.
     gr: (4H,) post-activation gates out.   ctr: (H,) cell state out.
