@@ -193,3 +193,14 @@ def test_activation_accuracy_and_dtype(dtype):
         assert np.max(np.abs(t - want_t)) < 1e-15
         assert np.max(np.abs(s - want_s)) < 1e-15
     assert np.abs(t).max() <= 1 and s.min() >= 0 and s.max() <= 1
+
+    # Special values, through the vector body and the scalar tail (36 elements).
+    special = np.array([np.nan, np.inf, -np.inf] * 12, dtype=dtype)
+    t = np.empty_like(special)
+    s = np.empty_like(special)
+    apply(special, t, s)
+    for got, at_inf, at_minus_inf in ((t, 1, -1), (s, 1, 0)):
+        assert np.isnan(got[0::3]).all()
+        # The float32 approximation is clamped at |x| = 9: within 2e-7 of the limit.
+        assert np.abs(got[1::3] - at_inf).max() < 2e-7
+        assert np.abs(got[2::3] - at_minus_inf).max() < 2e-7
