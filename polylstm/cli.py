@@ -131,7 +131,12 @@ def cmd_check(args, out=None) -> int:
             print(f"polylstm check: --expect-fail expects KEY=REASON, got {item!r}", file=sys.stderr)
             return 2
         expected[key] = reason
-    REGISTRY.get(args.name)  # an unknown or unavailable backend fails here, with the reason
+    backend = REGISTRY.get(args.name)  # an unknown or unavailable backend fails here, with the reason
+    # A capability the backend does not announce is an expected failure: the
+    # kit then proves the backend refuses it cleanly instead of computing garbage.
+    from .backend import ALL_CAPABILITIES
+    for capability in sorted(ALL_CAPABILITIES - set(backend.capabilities)):
+        expected.setdefault(capability, f"backend {args.name!r} does not announce {capability}")
     dtypes = tuple(args.dtype or ("float32", "float64"))
     print(f"conformance of backend {args.name!r} against the NumPy reference", file=out)
     start = time.perf_counter()

@@ -147,3 +147,19 @@ def test_console_script_module_entry():
     done = subprocess.run([sys.executable, "-m", "polylstm.cli", "backends"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and "numpy" in done.stdout
+
+
+def test_check_treats_unannounced_capabilities_as_expected_failures(capsys):
+    from polylstm_numpy.reference import NumpyReferenceBackend
+
+    class NoPeephole(NumpyReferenceBackend):
+        name = "cli-no-peephole"
+        capabilities = NumpyReferenceBackend.capabilities - {"peephole"}
+
+    REGISTRY.register_backend(BackendInfo(name="cli-no-peephole", load=NoPeephole, auto_select=False))
+    try:
+        assert main(["check", "cli-no-peephole"]) == 0
+        out = capsys.readouterr().out
+        assert "38 pass, 6 xfail" in out
+    finally:
+        REGISTRY.unregister_backend("cli-no-peephole")
