@@ -233,35 +233,51 @@ def _polylstm_prepare(name: str) -> Callable[[Inputs, str, int], Prepared]:
 
 # -- PyTorch ----------------------------------------------------------------------
 
-def _torch_prepare(inputs: Inputs, mode: str, threads: int) -> Prepared:
+def _torch_prepare(inputs: Inputs, mode: str, threads: int, device: str = "cpu") -> Prepared:
+    """torch.nn.LSTM with polylstm's weights (b = b_ih, b_hh = 0) on ``device``.
+
+    device: "cpu" (oneDNN) or "cuda" (cuDNN; TF32 switched off so both sides
+    compute in strict float32, and every timed call ends with a device sync).
+    """
     import torch
 
     torch.set_num_threads(threads)
+    on_gpu = device == "cuda"
+    if on_gpu:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     dtype = getattr(torch, inputs.dtype)
     s = inputs.shape
-    lstm = torch.nn.LSTM(s.I, s.H).to(dtype)
+    lstm = torch.nn.LSTM(s.I, s.H).to(device=device, dtype=dtype)
     with torch.no_grad():
         lstm.weight_ih_l0.copy_(torch.from_numpy(inputs.w_ih))
         lstm.weight_hh_l0.copy_(torch.from_numpy(inputs.w_hh))
         # polylstm's one bias b is PyTorch's b_ih + b_hh.
         lstm.bias_ih_l0.copy_(torch.from_numpy(inputs.b))
         lstm.bias_hh_l0.zero_()
-    h0 = torch.from_numpy(inputs.h0)[None]
-    c0 = torch.from_numpy(inputs.c0)[None]
-    dy = torch.from_numpy(inputs.dy)
+    h0 = torch.from_numpy(inputs.h0)[None].to(device)
+    c0 = torch.from_numpy(inputs.c0)[None].to(device)
+    dy = torch.from_numpy(inputs.dy).to(device)
+
+    def host(tensor):
+        return tensor.detach().cpu().numpy()
 
     if mode == "forward":
-        x = torch.from_numpy(inputs.x)
+        x = torch.from_numpy(inputs.x).to(device)
 
         def run():
             with torch.inference_mode():
-                return lstm(x, (h0, c0))
+                out = lstm(x, (h0, c0))
+            sync()
+            return out
 
         def collect(out):
             y, (h_n, c_n) = out
-            return Result(y.numpy(), h_n[0].numpy(), c_n[0].numpy())
+            return Result(host(y), host(h_n[0]), host(c_n[0]))
     else:
-        x = torch.from_numpy(inputs.x.copy()).requires_grad_(True)
+        # A copy: the leaf that collects x.grad must not alias the caller's array.
+        x = torch.from_numpy(inputs.x.copy()).to(device).requires_grad_(True)
 
         def run():
             x.grad = None
@@ -269,15 +285,33 @@ def _torch_prepare(inputs: Inputs, mode: str, threads: int) -> Prepared:
                 param.grad = None
             y, (h_n, c_n) = lstm(x, (h0, c0))
             y.backward(dy)
+            sync()
             return y, h_n, c_n
 
         def collect(out):
             y, h_n, c_n = out
-            grads = {"dx": x.grad.numpy(), "dw_ih": lstm.weight_ih_l0.grad.numpy(),
-                     "dw_hh": lstm.weight_hh_l0.grad.numpy(), "db": lstm.bias_ih_l0.grad.numpy()}
-            return Result(y.detach().numpy(), h_n[0].detach().numpy(), c_n[0].detach().numpy(),
-                          grads)
+            grads = {"dx": host(x.grad), "dw_ih": host(lstm.weight_ih_l0.grad),
+                     "dw_hh": host(lstm.weight_hh_l0.grad), "db": host(lstm.bias_ih_l0.grad)}
+            return Result(host(y), host(h_n[0]), host(c_n[0]), grads)
     return Prepared(run, collect)
+
+
+def _cudnn_prepare(inputs: Inputs, mode: str, threads: int) -> Prepared:
+    return _torch_prepare(inputs, mode, threads, device="cuda")
+
+
+def _cudnn_runner() -> Runner:
+    """The ``pytorch-cudnn`` comparator. Asking whether a CUDA device exists
+    imports torch, so list_runners builds it only when it is named."""
+    if importlib.util.find_spec("torch") is None:
+        return Runner("pytorch-cudnn", "comparator", MODES, "torch.nn.LSTM on the GPU (cuDNN)",
+                      _cudnn_prepare, None, "torch not installed")
+    import torch
+
+    version = f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
+    reason = None if torch.cuda.is_available() else "no CUDA device for torch"
+    return Runner("pytorch-cudnn", "comparator", MODES, "torch.nn.LSTM on the GPU (cuDNN)",
+                  _cudnn_prepare, version, reason)
 
 
 # -- ONNX Runtime -------------------------------------------------------------------
@@ -350,7 +384,8 @@ def _version_of(distribution: str) -> Optional[str]:
 
 def list_runners(include_unavailable: bool = False, names: Optional[Sequence[str]] = None) -> list:
     """The registered polylstm backends, then the comparators ``pytorch`` and
-    ``onnxruntime``.
+    ``onnxruntime`` (and ``pytorch-cudnn``, only when named: its availability
+    check imports torch).
 
     names: keep only these runners, in this order. Without ``names``, backends
     kept out of automatic selection (emulators, example plugins) are left out.
@@ -377,6 +412,8 @@ def list_runners(include_unavailable: bool = False, names: Optional[Sequence[str
                           "ONNX Runtime LSTM operator (CPU execution provider)",
                           _onnxruntime_prepare, _version_of("onnxruntime"),
                           "onnxruntime or onnx not installed" if ort_missing else None))
+    if names is not None and "pytorch-cudnn" in names:
+        runners.append(_cudnn_runner())
     if names is not None:
         by_name = {r.name: r for r in runners}
         unknown = [n for n in names if n not in by_name]

@@ -2,9 +2,8 @@
 """GPU benchmarks: polylstm's ``cupy`` backend against PyTorch's cuDNN LSTM.
 
 Runs through :mod:`polylstm.benchmarking` -- the same check-then-time code as
-``polylstm bench`` -- with one extra comparator defined here, ``pytorch-cudnn``
-(``torch.nn.LSTM`` on the CUDA device, i.e. cuDNN), built from the module's
-public Runner/Prepared/Result types. Every runner is first checked against the
+``polylstm bench`` -- with the comparator ``pytorch-cudnn`` (``torch.nn.LSTM``
+on the CUDA device, i.e. cuDNN) that the module builds when it is named. Every runner is first checked against the
 float64 NumPy reference on the same inputs; a wrong one is never timed.
 Both sides compute in strict float32 (TF32 is switched off in PyTorch; CuPy
 does not use it unless CUPY_TF32=1), and each timed call ends with a device
@@ -25,83 +24,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from polylstm import benchmarking as bm
-
-
-def _cudnn_prepare(inputs: bm.Inputs, mode: str, threads: int) -> bm.Prepared:
-    """torch.nn.LSTM on the current CUDA device with polylstm's weights (b = b_ih)."""
-    import torch
-
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    device = torch.device("cuda")
-    dtype = getattr(torch, inputs.dtype)
-    s = inputs.shape
-    lstm = torch.nn.LSTM(s.I, s.H).to(device=device, dtype=dtype)
-    with torch.no_grad():
-        lstm.weight_ih_l0.copy_(torch.from_numpy(inputs.w_ih))
-        lstm.weight_hh_l0.copy_(torch.from_numpy(inputs.w_hh))
-        lstm.bias_ih_l0.copy_(torch.from_numpy(inputs.b))
-        lstm.bias_hh_l0.zero_()
-    h0 = torch.from_numpy(inputs.h0)[None].to(device)
-    c0 = torch.from_numpy(inputs.c0)[None].to(device)
-    dy = torch.from_numpy(inputs.dy).to(device)
-    host = lambda t: t.detach().cpu().numpy()  # noqa: E731
-
-    if mode == "forward":
-        x = torch.from_numpy(inputs.x).to(device)
-
-        def run():
-            with torch.inference_mode():
-                out = lstm(x, (h0, c0))
-            torch.cuda.synchronize()
-            return out
-
-        def collect(out):
-            y, (h_n, c_n) = out
-            return bm.Result(host(y), host(h_n[0]), host(c_n[0]))
-    else:
-        x = torch.from_numpy(inputs.x).to(device).requires_grad_(True)
-
-        def run():
-            x.grad = None
-            for param in lstm.parameters():
-                param.grad = None
-            y, (h_n, c_n) = lstm(x, (h0, c0))
-            y.backward(dy)
-            torch.cuda.synchronize()
-            return y, h_n, c_n
-
-        def collect(out):
-            y, h_n, c_n = out
-            grads = {"dx": host(x.grad), "dw_ih": host(lstm.weight_ih_l0.grad),
-                     "dw_hh": host(lstm.weight_hh_l0.grad), "db": host(lstm.bias_ih_l0.grad)}
-            return bm.Result(host(y), host(h_n[0]), host(c_n[0]), grads)
-    return bm.Prepared(run, collect)
-
-
-def cudnn_runner() -> bm.Runner:
-    """The pytorch-cudnn comparator (unavailable without torch or a CUDA device)."""
-    reason = None
-    version = None
-    if importlib.util.find_spec("torch") is None:
-        reason = "torch not installed"
-    else:
-        import torch
-
-        version = f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
-        if not torch.cuda.is_available():
-            reason = "no CUDA device for torch"
-    return bm.Runner("pytorch-cudnn", "comparator", bm.MODES, "torch.nn.LSTM on the GPU (cuDNN)",
-                     _cudnn_prepare, version, reason)
 
 
 def main(argv=None) -> int:
@@ -123,10 +52,7 @@ def main(argv=None) -> int:
     names = [n.strip() for n in args.runners.split(",") if n.strip()]
     shapes = [bm.Shape(*(int(v) for v in s.split(","))) for s in args.shapes] if args.shapes else list(bm.SHAPES)
     modes = args.modes or list(bm.MODES)
-    polylstm_names = [n for n in names if n != "pytorch-cudnn"]
-    runners = bm.list_runners(include_unavailable=True, names=polylstm_names) if polylstm_names else []
-    if "pytorch-cudnn" in names:
-        runners.append(cudnn_runner())
+    runners = bm.list_runners(include_unavailable=True, names=names)
     for r in runners:
         print(f"# {r.name}: {r.version or ''} {'UNAVAILABLE: ' + r.unavailable if r.unavailable else ''}",
               flush=True)

@@ -142,3 +142,10 @@ def test_compare_merges_rounds_and_checks_once():
                                                      ("a", "forward_backward")]
     assert all(m.status == "ok" and len(m.times_s) == 6 for m in results)
     assert calls["check"] == 3  # one reference check per runner and case
+
+
+def test_cudnn_comparator_is_built_only_when_named():
+    assert "pytorch-cudnn" not in {r.name for r in bm.list_runners(include_unavailable=True)}
+    (runner,) = bm.list_runners(include_unavailable=True, names=["pytorch-cudnn"])
+    assert runner.name == "pytorch-cudnn" and runner.kind == "comparator"
+    assert runner.unavailable in (None, "torch not installed", "no CUDA device for torch")
