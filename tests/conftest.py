@@ -1,5 +1,3 @@
-import os
-
 import pytest
 
 import polylstm
@@ -13,7 +11,3 @@ def _clean_backend_choice(monkeypatch):
     _selection.reset_for_tests()
     yield
     _selection.reset_for_tests()
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")

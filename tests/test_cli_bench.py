@@ -17,7 +17,7 @@ from polylstm._registry import REGISTRY
 from polylstm.backend import Backend, BackendInfo
 from polylstm.cli import main
 
-from conftest import in_ci
+from polylstm.testing import in_ci
 
 SHAPE = "6,3,4,5"
 

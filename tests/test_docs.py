@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import in_ci
+from polylstm.testing import in_ci
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS_MODULES = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python", "pymdownx")

@@ -11,22 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-
-def in_ci() -> bool:
-    """True when the environment says it is a CI run (CI=true/1/yes)."""
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
-def require(found, what: str):
-    """Skip (locally) or fail (CI) the calling test when ``found`` is falsy."""
-    import pytest
-
-    if not found:
-        message = f"{what} is not available"
-        if in_ci():
-            pytest.fail(f"{message}, and CI=true requires it", pytrace=False)
-        pytest.skip(message)
-    return found
+# The skip-locally / fail-in-CI rule is polylstm.testing's; re-exported for the CuPy tests.
+from polylstm.testing import in_ci, require  # noqa: F401
 
 
 def asan_runtime(cxx: str) -> str | None:

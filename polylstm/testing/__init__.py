@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 
+from ._environment import in_ci, require
 from ._checks import (
     CHECKS,
     DEFAULT_TOLERANCES,
@@ -42,7 +43,7 @@ from ._checks import (
 )
 
 __all__ = ["BackendConformance", "CHECKS", "DEFAULT_TOLERANCES", "Case", "Check", "CheckResult",
-           "assert_close", "make_inputs", "run_check", "run_conformance"]
+           "assert_close", "make_inputs", "run_check", "run_conformance", "in_ci", "require"]
 
 
 def __getattr__(name):

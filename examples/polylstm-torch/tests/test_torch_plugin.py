@@ -12,20 +12,6 @@ import pytest
 import polylstm
 
 
-def _torch_missing():
-    import importlib.util
-
-    if importlib.util.find_spec("polylstm_torch") is None:
-        return "polylstm-torch is not installed (pip install -e examples/polylstm-torch)"
-    if importlib.util.find_spec("torch") is None:
-        return "torch is not installed"
-    return None
-
-
-if _torch_missing() and os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
-    pytest.skip(_torch_missing(), allow_module_level=True)
-
-
 def _inputs(dtype="float32", T=6, B=4, I=3, H=5, seed=0):
     rng = np.random.default_rng(seed)
     return dict(
