@@ -18,7 +18,6 @@ import importlib
 import importlib.metadata
 import os
 import threading
-import traceback
 from typing import Optional
 
 import pluggy
@@ -303,8 +302,7 @@ class Registry:
                     _check_loaded_backend(backend, name)
                 except Exception as exc:
                     entry.load_error = f"failed to load: {_describe_error(exc)}"
-                    entry.load_error += "\n" + "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                    reason = entry.load_error.splitlines()[0]
+                    reason = entry.load_error
                 else:
                     entry.backend = backend
                     return backend
