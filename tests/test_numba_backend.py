@@ -1,10 +1,11 @@
 """Numba-specific checks; the generic ones come from the conformance kit
 (tests/test_conformance_numba.py).
 
-Both recurrence strategies (row blocks with the hand-written product, and one
-BLAS GEMM per step) are forced on small shapes and compared with the NumPy
-reference, with several thread counts so that row blocks of unequal size,
-leftover rows of the 4-row blocking and single-row blocks all occur.
+Both recurrence strategies (row blocks, with single-threaded BLAS or the
+hand-written product, and one BLAS GEMM per step) are forced on small shapes
+and compared with the NumPy reference, with several thread counts so that row
+blocks of unequal size, leftover rows of the 4-row blocking and single-row
+blocks all occur.
 """
 
 import subprocess
@@ -22,10 +23,15 @@ from polylstm.testing import Case, make_inputs  # noqa: E402
 from polylstm_numpy import reference  # noqa: E402
 
 import polylstm_numba  # noqa: E402
-from polylstm_numba import _activations, _backend, _kernels  # noqa: E402
+from polylstm_numba import _activations, _backend, _blas_threads, _kernels  # noqa: E402
 
-# (path, threads): rows with 1, 2 and 3 blocks; BLAS.
-STRATEGIES = [("rows", 1), ("rows", 2), ("rows", 3), ("blas", None)]
+# The PyPI scipy wheels bundle an OpenBLAS new enough for per-thread control;
+# without it the row blocks fall back to the hand-written product.
+ROW_BLAS = ["blas"] if _blas_threads.available() else []
+# (path, threads, row_products): rows with 1, 2 and 3 blocks; BLAS.
+STRATEGIES = ([("rows", 1, kind) for kind in ROW_BLAS + ["hand"]]
+              + [("rows", n, kind) for n in (2, 3) for kind in ROW_BLAS + ["hand"]]
+              + [("blas", None, None)])
 TOL = {"float32": 2e-5, "float64": 1e-11}
 
 
@@ -61,13 +67,13 @@ CASES = [
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("path,threads", STRATEGIES)
+@pytest.mark.parametrize("path,threads,products", STRATEGIES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c.T}B{c.B}I{c.I}H{c.H}"
                          f"{'-len' if c.lengths else ''}{'-rev' if c.reverse else ''}"
                          f"{'-peep' if c.peephole else ''}")
-def test_strategy_matches_reference(case, path, threads, dtype):
+def test_strategy_matches_reference(case, path, threads, products, dtype):
     inputs = make_inputs(case, dtype)
-    got = _named(*_run(_backend.NumbaBackend(path, threads), inputs, case))
+    got = _named(*_run(_backend.NumbaBackend(path, threads, products), inputs, case))
     inputs64 = {k: (v.astype(np.float64) if v is not None and v.dtype.kind == "f" else v)
                 for k, v in inputs.items()}
 
@@ -81,14 +87,14 @@ def test_strategy_matches_reference(case, path, threads, dtype):
         assert value.dtype == np.dtype(dtype), f"{name} is {value.dtype}, not {dtype}"
         scale = max(1.0, float(np.abs(want[name]).max()))
         err = float(np.abs(value.astype(np.float64) - want[name]).max()) / scale
-        assert err <= TOL[dtype], f"{name}: error {err:.3g} ({path}, threads={threads})"
+        assert err <= TOL[dtype], f"{name}: error {err:.3g} ({path}, threads={threads}, {products})"
 
 
-@pytest.mark.parametrize("path,threads", STRATEGIES)
-def test_float32_stays_float32_and_calls_are_bit_identical(path, threads):
+@pytest.mark.parametrize("path,threads,products", STRATEGIES)
+def test_float32_stays_float32_and_calls_are_bit_identical(path, threads, products):
     case = Case(T=9, B=6, I=5, H=7, lengths=True, peephole=True)
     inputs = make_inputs(case, "float32")
-    backend = _backend.NumbaBackend(path, threads)
+    backend = _backend.NumbaBackend(path, threads, products)
     first = _named(*_run(backend, inputs, case))
     second = _named(*_run(backend, inputs, case))
     for name in first:
@@ -96,24 +102,80 @@ def test_float32_stays_float32_and_calls_are_bit_identical(path, threads):
         assert first[name].tobytes() == second[name].tobytes(), f"{name} differs between calls"
 
 
-@pytest.mark.parametrize("path,threads", STRATEGIES)
-def test_inputs_left_unchanged(path, threads):
+@pytest.mark.parametrize("path,threads,products", STRATEGIES)
+def test_inputs_left_unchanged(path, threads, products):
     case = Case(T=5, B=5, I=4, H=6, lengths=True, reverse=True, peephole=True)
     inputs = make_inputs(case, "float32")
     before = {k: v.copy() for k, v in inputs.items() if v is not None}
-    _run(_backend.NumbaBackend(path, threads), inputs, case)
+    _run(_backend.NumbaBackend(path, threads, products), inputs, case)
     for name, value in before.items():
         assert np.array_equal(inputs[name], value), f"{name} was written"
 
 
-def test_large_batch_uses_more_than_the_leftover_rows():
-    # 4-row blocking plus leftovers, 2 blocks of 11 and 10 rows, against BLAS.
+@pytest.mark.parametrize("products", ROW_BLAS + ["hand"])
+def test_large_batch_uses_more_than_the_leftover_rows(products):
+    # 4-row blocking plus leftovers, 2 blocks of 11 and 10 rows, against BLAS;
+    # T*B = 36 rows of dx: two chunks of the split gradient products.
     case = Case(T=3, B=21, I=13, H=10, lengths=True)
     inputs = make_inputs(case, "float64")
-    rows = _named(*_run(_backend.NumbaBackend("rows", 2), inputs, case))
+    rows = _named(*_run(_backend.NumbaBackend("rows", 2, products), inputs, case))
     blas = _named(*_run(_backend.NumbaBackend("blas"), inputs, case))
     for name in rows:
         np.testing.assert_allclose(rows[name], blas[name], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_row_products_option():
+    assert _backend.NumbaBackend(row_products="hand").choose_row_products(16, 2) == "hand"
+    auto = _backend.NumbaBackend()
+    assert auto.choose_row_products(1, 2) == "hand"  # one-row blocks
+    assert auto.choose_row_products(3, 2) == "hand"
+    assert auto.choose_row_products(16, 2) == ("blas" if _blas_threads.available() else "hand")
+    with pytest.raises(ValueError, match="row_products"):
+        _backend.NumbaBackend(row_products="fast")
+
+
+def test_scipy_wheel_blas_allows_per_thread_control():
+    # CI installs scipy from PyPI, whose OpenBLAS has the per-thread setting;
+    # if this stops holding the rows path silently loses its BLAS products.
+    from polylstm.testing import require
+
+    require(_blas_threads.available(),
+            "openblas_set_num_threads_local in scipy's BLAS "
+            f"(looked up through {_blas_threads._sgemm_library_path()})")
+
+
+def test_single_threaded_restores_the_callers_blas_threads():
+    if not _blas_threads.available():
+        pytest.skip("scipy's BLAS has no per-thread thread count")
+    setter = _blas_threads.find_local_setter()
+    before = setter(3)
+    try:
+        with _blas_threads.single_threaded():
+            assert setter(1) == 1  # inside: one thread
+        assert setter(3) == 3  # after: the caller's setting is back
+    finally:
+        setter(before)
+
+
+def test_row_threads_leave_no_blas_pool_running():
+    # The rows path must not wake scipy's OpenBLAS pool: its workers would spin
+    # for ~0.1 s after the call. Process CPU time right after a rows-path
+    # forward+backward, over an idle 50 ms, stays near zero.
+    import time
+
+    if not _blas_threads.available():
+        pytest.skip("scipy's BLAS has no per-thread thread count")
+    # Products large enough for OpenBLAS to use its threads when allowed.
+    case = Case(T=100, B=16, I=128, H=128)
+    inputs = make_inputs(case, "float32")
+    backend = _backend.NumbaBackend("rows", 2, "blas")
+    _run(backend, inputs, case)  # compile
+    time.sleep(0.3)  # let any pool from earlier tests go back to sleep
+    _run(backend, inputs, case)
+    cpu = time.process_time()
+    time.sleep(0.05)
+    spun = time.process_time() - cpu
+    assert spun < 0.02, f"{spun * 1e3:.0f} ms of CPU time while idle: a BLAS pool is spinning"
 
 
 def test_path_choice():
@@ -145,7 +207,9 @@ def test_every_kernel_is_cached_on_disk():
 
 def test_threaded_kernels_release_the_gil():
     for dispatcher in (_kernels.forward_rows, _kernels.backward_rows,
-                       _kernels.forward_blas, _kernels.backward_blas):
+                       _kernels.forward_blas, _kernels.backward_blas,
+                       _kernels.input_gradient_rows, _kernels.weight_gradient,
+                       _kernels.bias_gradient):
         assert dispatcher.targetoptions.get("nogil") is True, dispatcher.py_func.__name__
 
 

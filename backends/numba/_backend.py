@@ -13,6 +13,7 @@ Shapes: T time steps, B batch, I input size, H hidden size.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import itertools
 import threading
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from polylstm.backend import Backend, ForwardOutput, Gradients
 
-from . import _kernels
+from . import _blas_threads, _kernels
 
 #: Below this many multiply-adds per step and thread in the recurrent product
 #: (rows_per_thread * H * 4H), the hand-written product in per-thread row
@@ -47,38 +48,69 @@ _POOL = None
 _POOL_LOCK = threading.Lock()
 
 
-def _run_blocks(function, blocks, nthreads, *args):
-    """Call ``function(r0, r1, k, *args)`` for every block k on up to
-    ``nthreads`` threads (this one and a shared pool); the kernels release the
-    GIL. Threads take the next block when they finish one, so a thread slowed
-    by foreign load on its core (a shared machine, a spinning BLAS pool) does
-    fewer blocks instead of holding up the call: measured on the 2-core box,
-    two fixed halves at T100-B16-I128-H128 took 3.8 or 7.5 ms depending on the
-    neighbours. Idle workers block on a queue, so they never spin."""
+def _run_tasks(tasks, nthreads):
+    """Run the zero-argument callables ``tasks`` on up to ``nthreads`` threads
+    (this one and a shared pool); they call GIL-free kernels. Threads take the
+    next task when they finish one, so a thread slowed by foreign load on its
+    core (a shared machine) does fewer tasks instead of holding up the call:
+    measured on the 2-core box, two fixed halves at T100-B16-I128-H128 took
+    3.8 or 7.5 ms depending on the neighbours. Idle workers block on a queue,
+    so they never spin. Every thread's BLAS calls are single-threaded while
+    it runs tasks (``_blas_threads``): the threads are the parallelism."""
     global _POOL
-    nthreads = max(1, min(nthreads, len(blocks)))
-    if nthreads == 1:
-        for k, (r0, r1) in enumerate(blocks):
-            function(r0, r1, k, *args)
-        return
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < nthreads - 1:
-            _POOL = concurrent.futures.ThreadPoolExecutor(
-                max_workers=nthreads - 1, thread_name_prefix="polylstm-numba")
-        pool = _POOL
-    # next() on an itertools.count is atomic under the GIL: each block once.
-    counter = itertools.count()
+    nthreads = max(1, min(nthreads, len(tasks)))
+    with _blas_threads.single_threaded():
+        if nthreads == 1:
+            for task in tasks:
+                task()
+            return
+        with _POOL_LOCK:
+            if _POOL is None or _POOL._max_workers < nthreads - 1:
+                _POOL = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=nthreads - 1, thread_name_prefix="polylstm-numba",
+                    initializer=_blas_threads.make_worker_single_threaded)
+            pool = _POOL
+        # next() on an itertools.count is atomic under the GIL: each task once.
+        counter = itertools.count()
 
-    def worker():
-        for k in iter(counter.__next__, None):
-            if k >= len(blocks):
-                return
-            function(blocks[k][0], blocks[k][1], k, *args)
+        def worker():
+            for k in iter(counter.__next__, None):
+                if k >= len(tasks):
+                    return
+                tasks[k]()
 
-    futures = [pool.submit(worker) for _ in range(nthreads - 1)]
-    worker()
-    for future in futures:
-        future.result()
+        futures = [pool.submit(worker) for _ in range(nthreads - 1)]
+        worker()
+        for future in futures:
+            future.result()
+
+
+def _run_blocks(function, blocks, nthreads, *args):
+    """``function(r0, r1, k, *args)`` for every row block k, on up to
+    ``nthreads`` threads (``_run_tasks``)."""
+    _run_tasks([functools.partial(function, r0, r1, k, *args)
+                for k, (r0, r1) in enumerate(blocks)], nthreads)
+
+
+def _gradient_tasks(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db, nthreads):
+    """The products of ``_kernels.backward_products`` as tasks for
+    ``_run_tasks``, largest first: dw_ih and dw_hh whole, dx in row chunks
+    that fill in around them, db. Same results as the one-call version up to
+    BLAS rounding; the same chunks every call, so calls are bit-identical."""
+    T, B, G = da.shape
+    n = T * B
+    da2 = da.reshape(n, G)
+    x2 = x.reshape(n, x.shape[2])
+    hprev2 = hprev.reshape(n, hprev.shape[2])
+    dx2 = dx.reshape(n, x.shape[2])
+    weights = sorted([(x2, dw_ih), (hprev2, dw_hh)], key=lambda pair: -pair[1].shape[1])
+    tasks = [functools.partial(_kernels.weight_gradient, da2, source, out)
+             for source, out in weights]
+    chunk = max(32, -(-n // (4 * nthreads)))
+    tasks += [functools.partial(_kernels.input_gradient_rows, da2, w_ih, dx2, n0, min(n, n0 + chunk))
+              for n0 in range(0, n, chunk)]
+    tasks.append(functools.partial(_kernels.bias_gradient, da2, db))
+    return tasks
 
 
 class NumbaBackend(Backend):
@@ -88,18 +120,40 @@ class NumbaBackend(Backend):
     recurrence strategy; used by the tests to check both on any shape).
     threads: threads of the rows path; None uses ``numba.get_num_threads()``
     (the CPUs, or ``NUMBA_NUM_THREADS``).
+    row_products: how the rows path multiplies: ``"blas"`` (each row-block
+    thread calls a single-threaded BLAS, and the gradient products after the
+    backward loop are split over the same threads; needs scipy's OpenBLAS >=
+    0.3.27, see ``_blas_threads``), ``"hand"`` (the hand-written product in
+    the loops, one multi-threaded BLAS call per gradient), or None: ``"blas"``
+    where available and the row blocks have at least ``BLOCK_ROWS`` rows,
+    else ``"hand"`` (measured: for one-row blocks the hand-written product
+    and the multi-threaded gradient call are faster).
     """
 
     name = "numba"
     xp = np
 
-    def __init__(self, path: str = "auto", threads=None):
+    def __init__(self, path: str = "auto", threads=None, row_products=None):
         if path not in ("auto", "rows", "blas"):
             raise ValueError(f"path must be 'auto', 'rows' or 'blas', not {path!r}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, not {threads!r}")
+        if row_products not in (None, "blas", "hand"):
+            raise ValueError(f"row_products must be None, 'blas' or 'hand', not {row_products!r}")
+        if row_products == "blas" and not _blas_threads.available():
+            raise ValueError("row_products='blas' needs scipy's BLAS to be OpenBLAS >= 0.3.27 "
+                             "(openblas_set_num_threads_local); it is not")
         self.path = path
         self.threads = threads
+        self.row_products = row_products
+
+    def choose_row_products(self, B, nthreads=None):
+        """'blas' or 'hand' for the rows path on a batch of B rows."""
+        if self.row_products is not None:
+            return self.row_products
+        nthreads = nthreads or self._threads()
+        block_rows = _row_blocks(B, nthreads)[0][1]
+        return "blas" if _blas_threads.available() and block_rows >= BLOCK_ROWS else "hand"
 
     def _threads(self):
         return self.threads if self.threads is not None else numba.get_num_threads()
@@ -148,7 +202,8 @@ class NumbaBackend(Backend):
         if self.choose_path(B, H, nthreads) == "rows":
             w_ih_t = np.ascontiguousarray(w_ih.T)  # (I, 4H)
             _run_blocks(_forward_block, _row_blocks(B, nthreads), nthreads,
-                        x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, xw, acc)
+                        x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, xw, acc,
+                        self.choose_row_products(B, nthreads) == "blas")
         else:
             _kernels.forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse,
                                   h, c, y, gates, ctape, xw, acc)
@@ -170,21 +225,32 @@ class NumbaBackend(Backend):
         tmp = np.empty((B, H), dtype)
         reverse = bool(tape.reverse)
         nthreads = self._threads()
-        if self.choose_path(B, H, nthreads) == "rows":
+        rows = self.choose_path(B, H, nthreads) == "rows"
+        row_blas = rows and self.choose_row_products(B, nthreads) == "blas"
+        if rows:
             blocks = _row_blocks(B, nthreads)
             dp = np.zeros((len(blocks), 3, H), dtype)
             _run_blocks(_kernels.backward_rows, blocks, nthreads, dy, tape.w_hh, p, lengths, reverse,
-                        tape.h0, tape.c0, tape.y, tape.gates, tape.c, dh, dc, da, hprev, dp, tmp)
+                        tape.h0, tape.c0, tape.y, tape.gates, tape.c, dh, dc, da, hprev, dp, tmp,
+                        row_blas)
         else:
             dp = np.zeros((1, 3, H), dtype)
             _kernels.backward_blas(dy, tape.w_hh, p, lengths, reverse, tape.h0, tape.c0,
                                    tape.y, tape.gates, tape.c, dh, dc, da, hprev, dp, tmp)
-        # Parameter and input gradients: one large product each over all steps.
+        # Parameter and input gradients: products over all steps.
         dx = np.empty((T, B, I), dtype)
         dw_ih = np.empty((4 * H, I), dtype)
         dw_hh = np.empty((4 * H, H), dtype)
         db = np.empty(4 * H, dtype)
-        _kernels.backward_products(da, tape.x, tape.w_ih, hprev, dx, dw_ih, dw_hh, db)
+        if row_blas:
+            # Split over our threads with single-threaded BLAS, like the loop
+            # before them: a multi-threaded BLAS call here leaves its pool
+            # spinning for ~0.1 s, which slowed the next call's row threads
+            # (T100-B16-I128-H128: forward 7 ms after a backward instead of 4).
+            _run_tasks(_gradient_tasks(da, tape.x, tape.w_ih, hprev, dx, dw_ih, dw_hh, db,
+                                       nthreads), nthreads)
+        else:
+            _kernels.backward_products(da, tape.x, tape.w_ih, hprev, dx, dw_ih, dw_hh, db)
         dpeephole = dp.sum(axis=0) if tape.peephole is not None else None
         return Gradients(dx=dx, dw_ih=dw_ih, dw_hh=dw_hh, db=db, dh0=dh, dc0=dc,
                          dpeephole=dpeephole)

@@ -15,10 +15,12 @@ own ``lengths[b] - 1``.
 Two ways to run the recurrence, chosen by the caller per call:
 
 * **rows** (``*_rows``): the batch is cut into contiguous row blocks, one per
-  thread; each thread runs the whole time loop for its rows with a
-  hand-written matrix product. Rows of different blocks never interact, so
-  there is no per-step synchronisation and no BLAS call per step; good for
-  small and medium shapes where one step is microseconds of work. The
+  thread; each thread runs the whole time loop for its rows, calling a
+  single-threaded BLAS (or, where scipy's BLAS cannot be made
+  single-threaded per thread, a hand-written product). Rows of different
+  blocks never interact, so there is no per-step synchronisation and no
+  BLAS thread pool; good for small and medium shapes where one step is
+  microseconds of work. The
   threads are plain Python threads calling these GIL-free functions (see
   ``_backend``), not numba's ``parallel=True``: its OpenMP layer spin-waits,
   which on a 2-core machine shared with other work made one call 16x slower.
@@ -28,10 +30,10 @@ Two ways to run the recurrence, chosen by the caller per call:
   is near peak and per-call overhead is negligible.
 
 Either way the input projection ``x @ w_ih.T`` of all steps is computed before
-the time loop (per row block by hand on the rows path, one BLAS GEMM on the
-BLAS path), and after the backward loop ``dx``, ``dw_ih``, ``dw_hh`` and
-``db`` are one BLAS GEMM each over all steps (``backward_products``): only
-``dh_{t-1} = da_t @ w_hh`` is sequential.
+the time loop (per row block on the rows path, one BLAS GEMM on the BLAS
+path), and after the backward loop ``dx``, ``dw_ih``, ``dw_hh`` and ``db``
+are products over all steps (``backward_products``, or its pieces run on
+several threads): only ``dh_{t-1} = da_t @ w_hh`` is sequential.
 """
 
 import numpy as np
@@ -155,7 +157,8 @@ def _cell_forward_row(a, xr, b, p, hr, cr, yr, gr, ctr):
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc, use_blas):
-    """Time loop for batch rows r0..r1-1 (all of them when ``use_blas``).
+    """Time loop for batch rows r0..r1-1; ``use_blas``: the per-step product
+    is a BLAS call (else the hand-written one).
 
     xw: (T, B, 4H) input projection x @ w_ih.T.   b: (4H,) bias.
     w_hh_t: (H, 4H) = w_hh.T, C order.
@@ -185,29 +188,38 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, c
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def forward_rows(r0, r1, x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape,
-                 xw, acc):
-    """Whole forward for batch rows r0..r1-1 without BLAS; releases the GIL so
-    the caller runs one row block per thread.
+                 xw, acc, use_blas):
+    """Whole forward for batch rows r0..r1-1; releases the GIL so the caller
+    runs one row block per thread.
 
     x: (T, B, I)   w_ih_t: (I, 4H) = w_ih.T, C order   b: (4H,)
     xw: (T, B, 4H) scratch for the input projection (this block's rows).
     Other arguments as ``_forward_steps``. The input projection of all steps
-    is done first, as one product per step over the block's rows with the
-    hand-written kernel: calling BLAS here would wake BLAS's thread pool,
-    whose spinning workers then compete with the other row block's thread.
+    is done first, one product per step over the block's rows. ``use_blas``:
+    the products are BLAS calls, which the caller has made single-threaded
+    for this thread (``_blas_threads``); otherwise the hand-written kernel, as
+    a multi-threaded BLAS here would wake BLAS's thread pool, whose spinning
+    workers then compete with the other row blocks' threads.
     """
     T, B, I = x.shape
     G = xw.shape[2]
     if r1 - r0 == B:  # all rows: (T*B, I) is one contiguous matrix, one product
         xw2 = xw.reshape(T * B, G)
-        xw2[:] = 0
-        matmul_acc(x.reshape(T * B, I), w_ih_t, xw2)
+        if use_blas:
+            np.dot(x.reshape(T * B, I), w_ih_t, xw2)
+        else:
+            xw2[:] = 0
+            matmul_acc(x.reshape(T * B, I), w_ih_t, xw2)
     else:
         for t in range(T):
             xwt = xw[t, r0:r1]
-            xwt[:] = 0
-            matmul_acc(x[t, r0:r1], w_ih_t, xwt)
-    _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc, False)
+            if use_blas:
+                np.dot(x[t, r0:r1], w_ih_t, xwt)
+            else:
+                xwt[:] = 0
+                matmul_acc(x[t, r0:r1], w_ih_t, xwt)
+    _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc,
+                   use_blas)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -265,7 +277,7 @@ def _cell_backward_row(dhr, dcr, dyr, gr, ctr, cpr, p, dar, dp):
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
                     dh, dc, da, hprev, dp, tmp, use_blas):
-    """BPTT time loop for batch rows r0..r1-1 (all rows when ``use_blas``).
+    """BPTT time loop for batch rows r0..r1-1; ``use_blas`` as in ``_forward_steps``.
 
     dy: (T, B, H)   w_hh: (4H, H)   p: (3, H)   lengths: (B,)   h0, c0: (B, H)
     y, ctape: (T, B, H) and gates: (T, B, 4H) from the tape.
@@ -304,16 +316,15 @@ def _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def backward_rows(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
-                  dh, dc, da, hprev, dp, tmp):
-    """BPTT time loop for rows r0..r1-1 with the hand-written product (one
-    row block per thread, GIL released); block ``blk`` writes ``dp[blk]``
-    (nb, 3, H). Arguments as ``_backward_steps``. The caller then computes
-    the gradients of all steps with ``backward_products``: done per block by
-    hand they measured slower than one BLAS GEMM each (T100-B16-I128-H128 and
-    T200-B1-I32-H64, fwd+bwd).
+                  dh, dc, da, hprev, dp, tmp, use_blas):
+    """BPTT time loop for rows r0..r1-1 (one row block per thread, GIL
+    released); block ``blk`` writes ``dp[blk]`` (nb, 3, H). Arguments as
+    ``_backward_steps``; ``use_blas`` as in ``forward_rows``. The caller then
+    computes the gradients of all steps (``input_gradient_rows``,
+    ``weight_gradient``, ``bias_gradient``).
     """
     _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0,
-                    y, gates, ctape, dh, dc, da, hprev, dp, tmp, False)
+                    y, gates, ctape, dh, dc, da, hprev, dp, tmp, use_blas)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -330,18 +341,36 @@ def backward_products(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db):
 
     da: (T, B, 4H)   x: (T, B, I)   w_ih: (4H, I)   hprev: (T, B, H)
     Out: dx (T, B, I) = da @ w_ih;  dw_ih (4H, I) = da.T @ x;
-    dw_hh (4H, H) = da.T @ hprev;  db (4H,) = sum of da over steps and batch
-    (accumulated in row order: deterministic).
+    dw_hh (4H, H) = da.T @ hprev;  db (4H,) = sum of da over steps and batch.
+    The same products, split into pieces for several threads: the functions
+    below.
     """
     T, B, G = da.shape
-    I = x.shape[2]
-    H = hprev.shape[2]
     da2 = da.reshape(T * B, G)
-    np.dot(da2, w_ih, dx.reshape(T * B, I))
-    np.dot(da2.T, x.reshape(T * B, I), dw_ih)
-    np.dot(da2.T, hprev.reshape(T * B, H), dw_hh)
+    input_gradient_rows(da2, w_ih, dx.reshape(T * B, x.shape[2]), 0, T * B)
+    weight_gradient(da2, x.reshape(T * B, x.shape[2]), dw_ih)
+    weight_gradient(da2, hprev.reshape(T * B, hprev.shape[2]), dw_hh)
+    bias_gradient(da2, db)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def input_gradient_rows(da2, w_ih, dx2, n0, n1):
+    """dx2[n0:n1] = da2[n0:n1] @ w_ih.   da2: (N, 4H)  w_ih: (4H, I)  dx2: (N, I)"""
+    np.dot(da2[n0:n1], w_ih, dx2[n0:n1])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def weight_gradient(da2, source2, dw):
+    """dw (4H, K) = da2.T @ source2.   da2: (N, 4H)  source2: (N, K)"""
+    np.dot(da2.T, source2, dw)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def bias_gradient(da2, db):
+    """db (4H,) = sum over the N rows of da2 (N, 4H), accumulated in row order
+    (deterministic)."""
     db[:] = 0
-    for n in range(T * B):
+    for n in range(da2.shape[0]):
         row = da2[n]
-        for j in range(G):
+        for j in range(da2.shape[1]):
             db[j] += row[j]
