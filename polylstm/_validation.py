@@ -11,6 +11,9 @@ import numpy as np
 from .errors import InputError, UnsupportedFeatureError
 
 FLOAT_DTYPES = ("float32", "float64")
+# dtype -> name by dictionary: str(dtype) costs microseconds, and a call checks
+# up to seven arrays (measured: a third of the core's per-call overhead).
+_FLOAT_NAMES = {np.dtype(name): name for name in FLOAT_DTYPES}
 
 
 def as_array(name: str, value):
@@ -25,8 +28,12 @@ def as_array(name: str, value):
 
 def check_float(name: str, array, dtype=None) -> str:
     """Check ``array`` holds float32 or float64 (and ``dtype`` if given); return its dtype name."""
-    actual = str(array.dtype)
-    if actual not in FLOAT_DTYPES:
+    try:
+        actual = _FLOAT_NAMES.get(array.dtype)
+    except TypeError:  # an unhashable dtype object: certainly not one of ours
+        actual = None
+    if actual is None:
+        actual = str(array.dtype)
         raise InputError(f"{name} must be a floating array (float32 or float64), got dtype {actual}")
     if dtype is not None and actual != dtype:
         raise InputError(

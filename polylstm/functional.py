@@ -139,13 +139,13 @@ def lstm_backward(tape: Tape, dy=None, dh_n=None, dc_n=None) -> Gradients:
         )
     chosen = REGISTRY.get(tape.backend)
     T, B, _, H = tape.shape
-    dtype = str(tape.x.dtype)
+    dtype = v.check_float("tape.x", tape.x)
     native = array_type_of(tape.x)
     incoming = {}
     for name, value, shape, meaning in (("dy", dy, (T, B, H), "(T, B, H)"), ("dh_n", dh_n, (B, H), "(B, H)"),
                                         ("dc_n", dc_n, (B, H), "(B, H)")):
         if value is None:
-            incoming[name] = chosen.xp.zeros(shape, dtype=dtype)
+            incoming[name] = chosen.xp.zeros(shape, dtype=tape.x.dtype)
             continue
         value = v.as_array(name, value)
         if array_type_of(value) != native:
