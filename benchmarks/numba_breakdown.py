@@ -5,8 +5,9 @@
 For each shape it times, as compiled loops over the same arrays the backend
 uses: the whole ``NumbaBackend.forward`` (no tape); the input projection alone;
 the T recurrent products alone; the T gate passes alone. Each component is
-timed with the strategy the backend picks for that shape (``rows``: hand-written
-products, one thread per row block; ``blas``: numba's np.dot, i.e. scipy's
+timed with the strategy the backend picks for that shape (``rows``: one thread
+per row block, each calling a single-threaded BLAS or the hand-written
+product; ``blas``: numba's np.dot on one thread, i.e. scipy's multi-threaded
 OpenBLAS). Medians in ms, and GFLOP/s for the products. This is the evidence
 for the "what limits it" notes in docs/benchmarks.md.
 """
@@ -37,21 +38,27 @@ def _blas_steps(h, w_hh_t, acc, T):
 
 
 @njit(nogil=True)
-def _hand_projection(r0, r1, x, w_ih_t, xw):
-    """Per step, rows r0..r1-1: xw[t] = x[t] @ w_ih_t with the hand-written product."""
+def _row_projection(r0, r1, x, w_ih_t, xw, use_blas):
+    """Per step, rows r0..r1-1: xw[t] = x[t] @ w_ih_t (BLAS or the hand-written product)."""
     for t in range(x.shape[0]):
         xwt = xw[t, r0:r1]
-        xwt[:] = 0
-        _kernels.matmul_acc(x[t, r0:r1], w_ih_t, xwt)
+        if use_blas:
+            np.dot(x[t, r0:r1], w_ih_t, xwt)
+        else:
+            xwt[:] = 0
+            _kernels.matmul_acc(x[t, r0:r1], w_ih_t, xwt)
 
 
 @njit(nogil=True)
-def _hand_steps(r0, r1, h, w_hh_t, acc, T):
-    """T recurrent products for rows r0..r1-1 with the hand-written product."""
+def _row_steps(r0, r1, h, w_hh_t, acc, T, use_blas):
+    """T recurrent products for rows r0..r1-1 (BLAS or the hand-written product)."""
     for _ in range(T):
         ac = acc[r0:r1]
-        ac[:] = 0
-        _kernels.matmul_acc(h[r0:r1], w_hh_t, ac)
+        if use_blas:
+            np.dot(h[r0:r1], w_hh_t, ac)
+        else:
+            ac[:] = 0
+            _kernels.matmul_acc(h[r0:r1], w_hh_t, ac)
 
 
 @njit(nogil=True)
@@ -101,8 +108,10 @@ def breakdown(shape: bm.Shape, repeats: int):
                                                    xw.reshape(T * B, 4 * H)), repeats)
         rec = _median_ms(lambda: _blas_steps(h, w_hh_t, acc, T), repeats)
     else:
-        proj = _median_ms(lambda: on_blocks(_hand_projection, inp.x, w_ih_t, xw), repeats)
-        rec = _median_ms(lambda: on_blocks(_hand_steps, h, w_hh_t, acc, T), repeats)
+        use_blas = backend.choose_row_products(B, threads) == "blas"
+        path = f"rows, {'BLAS' if use_blas else 'hand-written'} products"
+        proj = _median_ms(lambda: on_blocks(_row_projection, inp.x, w_ih_t, xw, use_blas), repeats)
+        rec = _median_ms(lambda: on_blocks(_row_steps, h, w_hh_t, acc, T, use_blas), repeats)
     gates = _median_ms(lambda: on_blocks(_gate_passes, acc, xw, inp.b, p, h, c, y, g, ct), repeats)
     return path, len(blocks), [
         ("forward (backend, no tape)", total, shape.flops("forward") / total / 1e6),
