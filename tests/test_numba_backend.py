@@ -124,6 +124,14 @@ def test_large_batch_uses_more_than_the_leftover_rows(products):
         np.testing.assert_allclose(rows[name], blas[name], rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+def test_small_calls_stay_on_one_thread():
+    auto = _backend.NumbaBackend()
+    assert auto.threads_for(5, 3, 4, 2) == 1
+    assert auto.threads_for(100, 16, 128, 128) == auto._threads()
+    # An explicit thread count is kept whatever the size (the tests rely on it).
+    assert _backend.NumbaBackend(threads=3).threads_for(5, 3, 4, 2) == 3
+
+
 def test_row_products_option():
     assert _backend.NumbaBackend(row_products="hand").choose_row_products(16, 2) == "hand"
     auto = _backend.NumbaBackend()

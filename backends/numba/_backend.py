@@ -30,6 +30,15 @@ from . import _blas_threads, _kernels
 ROWS_PATH_MAX_MACS = 1 << 20
 
 
+#: Below this many multiply-adds per forward call (T*B*4H*(I+H)), one thread
+#: does the whole call: handing work to a pool thread costs ~90 us (median;
+#: 260 us at the 90th percentile) on the 2-core box, more than a second core
+#: saves. Measured, forward with 1 vs 2 threads: T5-B3-I4-H2 21 vs 112 us,
+#: T100-B4-I64-H64 (2^23.6) 495 vs 683 us, T200-B2-I32-H64 (2^23.2) 603 vs 610
+#: us, T100-B8-I64-H64 (2^24.6) 914 vs 698 us.
+PARALLEL_MIN_MACS = 1 << 24
+
+
 #: Rows per block of the rows path: the hand-written product works on 4 rows
 #: at a time, so 4-row blocks cost no efficiency and give the threads many
 #: blocks to share.
@@ -119,7 +128,8 @@ class NumbaBackend(Backend):
     path: ``"auto"`` (choose per call), ``"rows"`` or ``"blas"`` (force one
     recurrence strategy; used by the tests to check both on any shape).
     threads: threads of the rows path; None uses ``numba.get_num_threads()``
-    (the CPUs, or ``NUMBA_NUM_THREADS``).
+    (the CPUs, or ``NUMBA_NUM_THREADS``), or one thread for calls below
+    ``PARALLEL_MIN_MACS``.
     row_products: how the rows path multiplies: ``"blas"`` (each row-block
     thread calls a single-threaded BLAS, and the gradient products after the
     backward loop are split over the same threads; needs scipy's OpenBLAS >=
@@ -157,6 +167,13 @@ class NumbaBackend(Backend):
 
     def _threads(self):
         return self.threads if self.threads is not None else numba.get_num_threads()
+
+    def threads_for(self, T, B, I, H):
+        """Threads for one call of shape (T, B, I, H): the configured number,
+        or, when none is configured, one for a call too small to share."""
+        if self.threads is None and T * B * 4 * H * (I + H) < PARALLEL_MIN_MACS:
+            return 1
+        return self._threads()
 
     def choose_path(self, B, H, nthreads=None):
         """'rows' or 'blas' for a batch of B rows and hidden size H."""
@@ -198,7 +215,7 @@ class NumbaBackend(Backend):
         c = c0.copy()
         acc = np.empty((B, 4 * H), dtype)
         reverse = bool(reverse)
-        nthreads = self._threads()
+        nthreads = self.threads_for(T, B, I, H)
         if self.choose_path(B, H, nthreads) == "rows":
             w_ih_t = np.ascontiguousarray(w_ih.T)  # (I, 4H)
             _run_blocks(_forward_block, _row_blocks(B, nthreads), nthreads,
@@ -224,7 +241,7 @@ class NumbaBackend(Backend):
         hprev = alloc((T, B, H), dtype)
         tmp = np.empty((B, H), dtype)
         reverse = bool(tape.reverse)
-        nthreads = self._threads()
+        nthreads = self.threads_for(T, B, I, H)
         rows = self.choose_path(B, H, nthreads) == "rows"
         row_blas = rows and self.choose_row_products(B, nthreads) == "blas"
         if rows:
