@@ -115,7 +115,7 @@ def test_inputs_left_unchanged(path, threads, products):
 @pytest.mark.parametrize("products", ROW_BLAS + ["hand"])
 def test_large_batch_uses_more_than_the_leftover_rows(products):
     # 4-row blocking plus leftovers, 2 blocks of 11 and 10 rows, against BLAS;
-    # T*B = 36 rows of dx: two chunks of the split gradient products.
+    # T*B = 63 rows of dx: two chunks of the split gradient products.
     case = Case(T=3, B=21, I=13, H=10, lengths=True)
     inputs = make_inputs(case, "float64")
     rows = _named(*_run(_backend.NumbaBackend("rows", 2, products), inputs, case))
