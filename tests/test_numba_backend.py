@@ -276,3 +276,25 @@ def test_activation_accuracy_and_dtype(dtype):
         # The float32 approximation is clamped at |x| = 9: within 2e-7 of the limit.
         assert np.abs(got[1::3] - at_inf).max() < 2e-7
         assert np.abs(got[2::3] - at_minus_inf).max() < 2e-7
+
+
+@pytest.mark.parametrize("path,products", [("rows", "hand")] + [("rows", k) for k in ROW_BLAS]
+                         + [("blas", None)])
+def test_concurrent_calls_from_several_threads_match_serial_ones(path, products):
+    # The row-block pool is shared and the BLAS thread setting is per thread:
+    # calls from several user threads at once must not mix up their blocks.
+    import concurrent.futures
+
+    case = Case(T=12, B=9, I=5, H=8, lengths=True, peephole=True)
+    inputs = []
+    for k in range(6):  # six different problems of one shape
+        inp = make_inputs(case, "float64")
+        inp["x"] = inp["x"] * (1 + 0.25 * k)
+        inputs.append(inp)
+    backend = _backend.NumbaBackend(path, 2, products)
+    serial = [_named(*_run(backend, inp, case)) for inp in inputs]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        parallel = list(pool.map(lambda inp: _named(*_run(backend, inp, case)), inputs))
+    for want, got in zip(serial, parallel):
+        for name in want:
+            assert got[name].tobytes() == want[name].tobytes(), name
