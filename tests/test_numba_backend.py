@@ -189,8 +189,20 @@ def test_row_threads_leave_no_blas_pool_running():
 def test_path_choice():
     backend = _backend.NumbaBackend(threads=2)
     assert backend.choose_path(1, 64) == "rows"
+    assert backend.choose_path(1, 512) == "blas"
     assert backend.choose_path(16, 128) == "rows"
+    assert backend.choose_path(8, 256) == "blas"
     assert backend.choose_path(256, 1024) == "blas"
+    if _blas_threads.available():  # row blocks with BLAS: up to H = 192, any batch
+        assert backend.choose_path(512, 128) == "rows"
+        assert backend.choose_path(64, 192) == "rows"
+        assert backend.choose_path(64, 256) == "blas"
+        assert backend.choose_path(1, 128) == "rows"  # one-row blocks: small H only
+        assert backend.choose_path(1, 192) == "blas"
+        assert backend.choose_path(4, 192) == "blas"
+    hand = _backend.NumbaBackend(threads=2, row_products="hand")
+    assert hand.choose_path(16, 128) == "rows"
+    assert hand.choose_path(64, 128) == "blas"
     assert _backend.NumbaBackend("blas").choose_path(1, 8) == "blas"
     with pytest.raises(ValueError):
         _backend.NumbaBackend("gpu")

@@ -24,10 +24,25 @@ from polylstm.backend import Backend, ForwardOutput, Gradients
 
 from . import _blas_threads, _kernels
 
-#: Below this many multiply-adds per step and thread in the recurrent product
-#: (rows_per_thread * H * 4H), the hand-written product in per-thread row
-#: blocks beats one BLAS call per step. Measured, see docs/benchmarks.md.
-ROWS_PATH_MAX_MACS = 1 << 20
+#: Row blocks calling single-threaded BLAS beat one multi-threaded BLAS call
+#: per step up to this hidden size; above it every block streams a recurrent
+#: weight too large for its core's cache on every step. Measured rows / BLAS
+#: path time, forward: float32 H=128 at B=16..512 0.53-0.68, H=192 at B=8..64
+#: 0.49-0.81, H=224 at B=64 0.86, H=256 at B=8..64 2.1-3.5; float64 H=192
+#: at B=32 0.82. See docs/benchmarks.md.
+ROWS_PATH_MAX_H = 192
+
+#: With the hand-written product, the rows path is taken up to this many
+#: multiply-adds per step and thread in the recurrent product
+#: (rows_per_thread * H * 4H): T100-B16-I128-H128 rows 2.9 ms vs BLAS path
+#: 4.8 ms, T100-B64-I256-H256 62 vs 47 ms.
+ROWS_PATH_HAND_MAX_MACS = 1 << 20
+
+#: The same bound for blocks of fewer than BLOCK_ROWS rows (small batches),
+#: where the other blocks' rows use BLAS: rows / BLAS path time at B=1, H=64
+#: 0.9, H=192 1.05-1.2, H=256 0.9-1.2, H=512 1.7; B=4 (2-row blocks), H=192
+#: 1.4-1.9.
+ROWS_PATH_SMALL_BLOCK_MAX_MACS = 1 << 17
 
 
 #: Below this many multiply-adds per forward call (T*B*4H*(I+H)), one thread
@@ -180,8 +195,12 @@ class NumbaBackend(Backend):
         if self.path != "auto":
             return self.path
         nthreads = nthreads or self._threads()
+        if self.choose_row_products(B, nthreads) == "blas":
+            return "rows" if H <= ROWS_PATH_MAX_H else "blas"
         rows_per_thread = -(-B // max(1, min(B, nthreads)))
-        return "rows" if rows_per_thread * H * 4 * H <= ROWS_PATH_MAX_MACS else "blas"
+        small_blocks = self.row_products is None and _blas_threads.available()
+        limit = ROWS_PATH_SMALL_BLOCK_MAX_MACS if small_blocks else ROWS_PATH_HAND_MAX_MACS
+        return "rows" if rows_per_thread * H * 4 * H <= limit else "blas"
 
     def forward(self, x, w_ih, w_hh, b, h0, c0, peephole, lengths, reverse, store):
         """x: (T, B, I)  w_ih: (4H, I)  w_hh: (4H, H)  b: (4H,)  h0, c0: (B, H)
