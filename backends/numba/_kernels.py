@@ -20,8 +20,8 @@ Two ways to run the recurrence, chosen by the caller per call:
   single-threaded per thread, a hand-written product). Rows of different
   blocks never interact, so there is no per-step synchronisation and no
   BLAS thread pool; good for small and medium shapes where one step is
-  microseconds of work (one-row blocks keep the hand-written product: it is
-  faster there). The threads are plain Python threads calling these GIL-free
+  microseconds of work (blocks of fewer than 4 rows keep the hand-written
+  product: measured faster for one-row blocks). The threads are plain Python threads calling these GIL-free
   functions (see ``_backend``), not numba's ``parallel=True``: its OpenMP
   layer spin-waits, which on a 2-core machine shared with other work made one
   call 16x slower.
