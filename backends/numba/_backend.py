@@ -22,7 +22,7 @@ import numpy as np
 
 from polylstm.backend import Backend, ForwardOutput, Gradients
 
-from . import _blas_threads, _kernels
+from . import _blas_threads, _kernels, _packed
 
 #: Row blocks calling single-threaded BLAS beat one multi-threaded BLAS call
 #: per step up to this hidden size; above it every block streams a recurrent
@@ -60,10 +60,14 @@ PARALLEL_MIN_MACS = 1 << 24
 BLOCK_ROWS = 4
 
 
-def _row_blocks(B, nthreads):
+def _row_blocks(B, nthreads, whole=False):
     """[(r0, r1), ...]: B rows cut into contiguous blocks of at most
-    BLOCK_ROWS rows, but at least min(B, nthreads) blocks."""
-    size = max(1, min(-(-B // max(1, nthreads)), BLOCK_ROWS))
+    BLOCK_ROWS rows, but at least min(B, nthreads) blocks; with ``whole``,
+    one block per thread (the packed product: a weight panel is then reused
+    by all the thread's rows)."""
+    size = -(-B // max(1, nthreads))
+    if not whole:
+        size = max(1, min(size, BLOCK_ROWS))
     edges = list(range(0, B, size)) + [B]
     return list(zip(edges[:-1], edges[1:]))
 
@@ -116,6 +120,19 @@ def _run_blocks(function, blocks, nthreads, *args):
                 for k, (r0, r1) in enumerate(blocks)], nthreads)
 
 
+def _projection_tasks(x, w_ih_t, xw, nthreads):
+    """The input projection xw = x @ w_ih_t of all steps as row-chunk tasks
+    for ``_run_tasks``, about two per thread.
+    x: (T, B, I)  w_ih_t: (I, 4H)  xw: (T, B, 4H) out."""
+    T, B, I = x.shape
+    n = T * B
+    x2 = x.reshape(n, I)
+    xw2 = xw.reshape(n, xw.shape[2])
+    chunk = max(32, -(-n // (2 * nthreads)))
+    return [functools.partial(_kernels.project_rows, x2, w_ih_t, xw2, n0, min(n, n0 + chunk))
+            for n0 in range(0, n, chunk)]
+
+
 def _gradient_tasks(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db, nthreads):
     """The products of ``_kernels.backward_products`` as tasks for
     ``_run_tasks``, largest first: dw_ih and dw_hh whole, dx in row chunks
@@ -148,11 +165,15 @@ class NumbaBackend(Backend):
     row_products: how the rows path multiplies: ``"blas"`` (each row-block
     thread calls a single-threaded BLAS, and the gradient products after the
     backward loop are split over the same threads; needs scipy's OpenBLAS >=
-    0.3.27, see ``_blas_threads``), ``"hand"`` (the hand-written product in
-    the loops, one multi-threaded BLAS call per gradient), or None: ``"blas"``
-    where available and the row blocks have at least ``BLOCK_ROWS`` rows,
-    else ``"hand"`` (measured: for one-row blocks the hand-written product
-    and the multi-threaded gradient call are faster).
+    0.3.27, see ``_blas_threads``), ``"packed"`` (as ``"blas"``, but the
+    per-step products run the micro-kernel of ``_packed`` on weights packed
+    once per call, one row block per thread; float32 with H a multiple of 16,
+    else ``"blas"``), ``"hand"`` (the hand-written product in the loops, one
+    multi-threaded BLAS call per gradient), or None: ``"packed"`` where it
+    applies and H > ``ROWS_PATH_MAX_H``, else ``"blas"`` where available and
+    the row blocks have at least ``BLOCK_ROWS`` rows, else ``"hand"``
+    (measured: for one-row blocks the hand-written product and the
+    multi-threaded gradient call are faster).
     """
 
     name = "numba"
@@ -163,22 +184,30 @@ class NumbaBackend(Backend):
             raise ValueError(f"path must be 'auto', 'rows' or 'blas', not {path!r}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, not {threads!r}")
-        if row_products not in (None, "blas", "hand"):
-            raise ValueError(f"row_products must be None, 'blas' or 'hand', not {row_products!r}")
-        if row_products == "blas" and not _blas_threads.available():
-            raise ValueError("row_products='blas' needs scipy's BLAS to be OpenBLAS >= 0.3.27 "
+        if row_products not in (None, "blas", "hand", "packed"):
+            raise ValueError("row_products must be None, 'blas', 'hand' or 'packed', "
+                             f"not {row_products!r}")
+        if row_products in ("blas", "packed") and not _blas_threads.available():
+            raise ValueError(f"row_products={row_products!r} needs scipy's BLAS to be OpenBLAS >= 0.3.27 "
                              "(openblas_set_num_threads_local); it is not")
         self.path = path
         self.threads = threads
         self.row_products = row_products
 
-    def choose_row_products(self, B, nthreads=None):
-        """'blas' or 'hand' for the rows path on a batch of B rows."""
+    def choose_row_products(self, B, nthreads=None, H=None, dtype=None):
+        """'packed', 'blas' or 'hand' for the rows path on a batch of B rows
+        (H and dtype: of the call, when known)."""
+        packable = (H is not None and dtype is not None and _blas_threads.available()
+                    and _packed.packable(dtype, H, 1))
+        if self.row_products == "packed":
+            return "packed" if packable else "blas"
         if self.row_products is not None:
             return self.row_products
         nthreads = nthreads or self._threads()
         block_rows = _row_blocks(B, nthreads)[0][1]
-        return "blas" if _blas_threads.available() and block_rows >= BLOCK_ROWS else "hand"
+        if not _blas_threads.available() or block_rows < BLOCK_ROWS:
+            return "hand"
+        return "packed" if packable and H > ROWS_PATH_MAX_H else "blas"
 
     def _threads(self):
         return self.threads if self.threads is not None else numba.get_num_threads()
@@ -190,12 +219,15 @@ class NumbaBackend(Backend):
             return 1
         return self._threads()
 
-    def choose_path(self, B, H, nthreads=None):
+    def choose_path(self, B, H, nthreads=None, dtype=None):
         """'rows' or 'blas' for a batch of B rows and hidden size H."""
         if self.path != "auto":
             return self.path
         nthreads = nthreads or self._threads()
-        if self.choose_row_products(B, nthreads) == "blas":
+        products = self.choose_row_products(B, nthreads, H, dtype)
+        if products == "packed":
+            return "rows"
+        if products == "blas":
             return "rows" if H <= ROWS_PATH_MAX_H else "blas"
         rows_per_thread = -(-B // max(1, min(B, nthreads)))
         small_blocks = self.row_products is None and _blas_threads.available()
@@ -235,11 +267,22 @@ class NumbaBackend(Backend):
         acc = np.empty((B, 4 * H), dtype)
         reverse = bool(reverse)
         nthreads = self.threads_for(T, B, I, H)
-        if self.choose_path(B, H, nthreads) == "rows":
+        if self.choose_path(B, H, nthreads, dtype) == "rows":
             w_ih_t = np.ascontiguousarray(w_ih.T)  # (I, 4H)
-            _run_blocks(_forward_block, _row_blocks(B, nthreads), nthreads,
-                        x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, xw, acc,
-                        self.choose_row_products(B, nthreads) == "blas")
+            products = self.choose_row_products(B, nthreads, H, dtype)
+            # The packed path projects beforehand (below), so only w_hh is
+            # packed; unused arguments get arrays of the right rank and dtype.
+            w_ih_p = w_ih_t.reshape(1, I, 4 * H)
+            w_hh_p = _pack(w_hh_t) if products == "packed" else w_hh_t.reshape(1, H, 4 * H)
+            # With one block per thread (packed), the projection of all steps
+            # first, as row chunks of one product on the threads: per step it
+            # would be a 1/nthreads-of-the-batch product.
+            projected = products == "packed"
+            if projected:
+                _run_tasks(_projection_tasks(x, w_ih_t, xw, nthreads), nthreads)
+            _run_blocks(_forward_block, _row_blocks(B, nthreads, products == "packed"), nthreads,
+                        x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates,
+                        ctape, xw, acc, _PRODUCT[products], projected)
         else:
             _kernels.forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse,
                                   h, c, y, gates, ctape, xw, acc)
@@ -261,14 +304,17 @@ class NumbaBackend(Backend):
         tmp = np.empty((B, H), dtype)
         reverse = bool(tape.reverse)
         nthreads = self.threads_for(T, B, I, H)
-        rows = self.choose_path(B, H, nthreads) == "rows"
-        row_blas = rows and self.choose_row_products(B, nthreads) == "blas"
+        rows = self.choose_path(B, H, nthreads, dtype) == "rows"
+        products = self.choose_row_products(B, nthreads, H, dtype) if rows else None
+        row_blas = products in ("blas", "packed")
         if rows:
-            blocks = _row_blocks(B, nthreads)
+            blocks = _row_blocks(B, nthreads, products == "packed")
             dp = np.zeros((len(blocks), 3, H), dtype)
-            _run_blocks(_kernels.backward_rows, blocks, nthreads, dy, tape.w_hh, p, lengths, reverse,
-                        tape.h0, tape.c0, tape.y, tape.gates, tape.c, dh, dc, da, hprev, dp, tmp,
-                        row_blas)
+            w_hh = np.ascontiguousarray(tape.w_hh)
+            w_hh_p = _pack(w_hh) if products == "packed" else w_hh.reshape(1, 4 * H, H)
+            _run_blocks(_kernels.backward_rows, blocks, nthreads, dy, w_hh, w_hh_p, p, lengths,
+                        reverse, tape.h0, tape.c0, tape.y, tape.gates, tape.c, dh, dc, da, hprev,
+                        dp, tmp, _PRODUCT[products])
         else:
             dp = np.zeros((1, 3, H), dtype)
             _kernels.backward_blas(dy, tape.w_hh, p, lengths, reverse, tape.h0, tape.c0,
@@ -290,6 +336,17 @@ class NumbaBackend(Backend):
         dpeephole = dp.sum(axis=0) if tape.peephole is not None else None
         return Gradients(dx=dx, dw_ih=dw_ih, dw_hh=dw_hh, db=db, dh0=dh, dc0=dc,
                          dpeephole=dpeephole)
+
+
+_PRODUCT = {"hand": _kernels.HAND, "blas": _kernels.BLAS, "packed": _kernels.PACKED}
+
+
+def _pack(w):
+    """``_packed.pack`` of the (K, N) matrix w into a new (N/16, K, 16) array."""
+    K, N = w.shape
+    panels = np.empty((N // _packed.PANEL, K, _packed.PANEL), w.dtype)
+    _packed.pack(w, panels)
+    return panels
 
 
 def _forward_block(r0, r1, k, *args):

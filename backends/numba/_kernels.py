@@ -40,7 +40,12 @@ several threads): only ``dh_{t-1} = da_t @ w_hh`` is sequential.
 import numpy as np
 from numba import njit
 
+from . import _packed
 from ._activations import one_like, sigmoid, tanh
+
+# How a kernel multiplies (``product`` arguments): the hand-written product,
+# a BLAS call, or the packed-weight micro-kernel (``_packed``, float32).
+HAND, BLAS, PACKED = 0, 1, 2
 
 # 'contract' lets LLVM fuse a*b+c into one FMA: faster and still deterministic
 # (the same machine code runs on every call). No reassociation is allowed.
@@ -157,9 +162,11 @@ def _cell_forward_row(a, xr, b, p, hr, cr, yr, gr, ctr):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc, use_blas):
-    """Time loop for batch rows r0..r1-1; ``use_blas``: the per-step product
-    is a BLAS call (else the hand-written one).
+def _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates, ctape,
+                   acc, product):
+    """Time loop for batch rows r0..r1-1; ``product``: HAND, BLAS or PACKED
+    (then ``w_hh_p`` = ``_packed.pack(w_hh_t)``, (4H/16, H, 16); otherwise
+    any float array of that rank).
 
     xw: (T, B, 4H) input projection x @ w_ih.T.   b: (4H,) bias.
     w_hh_t: (H, 4H) = w_hh.T, C order.
@@ -176,7 +183,9 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, c
         tt = t if keep else 0
         hs = h[r0:r1]
         ac = acc[r0:r1]
-        if use_blas:
+        if product == PACKED:
+            _packed.matmul(hs, w_hh_p, ac)
+        elif product == BLAS:
             np.dot(hs, w_hh_t, ac)
         else:
             ac[:] = 0
@@ -188,25 +197,31 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, c
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def forward_rows(r0, r1, x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape,
-                 xw, acc, use_blas):
+def forward_rows(r0, r1, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y,
+                 gates, ctape, xw, acc, product, projected):
     """Whole forward for batch rows r0..r1-1; releases the GIL so the caller
     runs one row block per thread.
 
     x: (T, B, I)   w_ih_t: (I, 4H) = w_ih.T, C order   b: (4H,)
     xw: (T, B, 4H) scratch for the input projection (this block's rows).
     Other arguments as ``_forward_steps``. The input projection of all steps
-    is done first, one product per step over the block's rows. ``use_blas``:
-    the products are BLAS calls, which the caller has made single-threaded
-    for this thread (``_blas_threads``); otherwise the hand-written kernel, as
-    a multi-threaded BLAS here would wake BLAS's thread pool, whose spinning
-    workers then compete with the other row blocks' threads.
+    is done first, one product per step over the block's rows. ``product``:
+    BLAS calls, which the caller has made single-threaded for this thread
+    (``_blas_threads``); PACKED, the micro-kernel on ``w_ih_p`` and ``w_hh_p``
+    (``_packed.pack`` of ``w_ih_t`` and ``w_hh_t``); or HAND, the hand-written
+    kernel, as a multi-threaded BLAS here would wake BLAS's thread pool, whose
+    spinning workers then compete with the other row blocks' threads.
+    ``projected``: the caller has already filled ``xw`` (``project_rows``).
     """
     T, B, I = x.shape
     G = xw.shape[2]
-    if r1 - r0 == B:  # all rows: (T*B, I) is one contiguous matrix, one product
+    if projected:
+        pass
+    elif r1 - r0 == B:  # all rows: (T*B, I) is one contiguous matrix, one product
         xw2 = xw.reshape(T * B, G)
-        if use_blas:
+        if product == PACKED:
+            _packed.matmul(x.reshape(T * B, I), w_ih_p, xw2)
+        elif product == BLAS:
             np.dot(x.reshape(T * B, I), w_ih_t, xw2)
         else:
             xw2[:] = 0
@@ -214,13 +229,22 @@ def forward_rows(r0, r1, x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gat
     else:
         for t in range(T):
             xwt = xw[t, r0:r1]
-            if use_blas:
+            if product == PACKED:
+                _packed.matmul(x[t, r0:r1], w_ih_p, xwt)
+            elif product == BLAS:
                 np.dot(x[t, r0:r1], w_ih_t, xwt)
             else:
                 xwt[:] = 0
                 matmul_acc(x[t, r0:r1], w_ih_t, xwt)
-    _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc,
-                   use_blas)
+    _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates, ctape,
+                   acc, product)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def project_rows(x2, w_ih_t, xw2, n0, n1):
+    """xw2[n0:n1] = x2[n0:n1] @ w_ih_t: a chunk of the input projection of all
+    steps.   x2: (T*B, I)   w_ih_t: (I, 4H)   xw2: (T*B, 4H)"""
+    np.dot(x2[n0:n1], w_ih_t, xw2[n0:n1])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -236,7 +260,8 @@ def forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape,
     G = xw.shape[2]
     xw2 = xw.reshape(T * B, G)
     np.dot(x.reshape(T * B, I), w_ih.T, xw2)
-    _forward_steps(0, B, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc, True)
+    _forward_steps(0, B, xw, b, w_hh_t, w_hh_t.reshape(1, w_hh_t.shape[0], w_hh_t.shape[1]), p,
+                   lengths, reverse, h, c, y, gates, ctape, acc, BLAS)
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -276,9 +301,10 @@ def _cell_backward_row(dhr, dcr, dyr, gr, ctr, cpr, p, dar, dp):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
-                    dh, dc, da, hprev, dp, tmp, use_blas):
-    """BPTT time loop for batch rows r0..r1-1; ``use_blas`` as in ``_forward_steps``.
+def _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, y, gates, ctape,
+                    dh, dc, da, hprev, dp, tmp, product):
+    """BPTT time loop for batch rows r0..r1-1; ``product`` as in
+    ``_forward_steps``, with ``w_hh_p`` = ``_packed.pack(w_hh)``, (H/16, 4H, 16).
 
     dy: (T, B, H)   w_hh: (4H, H)   p: (3, H)   lengths: (B,)   h0, c0: (B, H)
     y, ctape: (T, B, H) and gates: (T, B, 4H) from the tape.
@@ -305,7 +331,9 @@ def _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates
                 _cell_backward_row(dh[r], dc[r], dy[t, r], gates[t, r], ctape[t, r], cpr,
                                    p, da[t, r], dp[blk])
         tm = tmp[r0:r1]
-        if use_blas:
+        if product == PACKED:
+            _packed.matmul(da[t, r0:r1], w_hh_p, tm)
+        elif product == BLAS:
             np.dot(da[t, r0:r1], w_hh, tm)
         else:
             tm[:] = 0
@@ -316,24 +344,24 @@ def _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def backward_rows(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
-                  dh, dc, da, hprev, dp, tmp, use_blas):
+def backward_rows(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, y, gates, ctape,
+                  dh, dc, da, hprev, dp, tmp, product):
     """BPTT time loop for rows r0..r1-1 (one row block per thread, GIL
     released); block ``blk`` writes ``dp[blk]`` (nb, 3, H). Arguments as
-    ``_backward_steps``; ``use_blas`` as in ``forward_rows``. The caller then
+    ``_backward_steps``; ``product`` as in ``forward_rows``. The caller then
     computes the gradients of all steps (``input_gradient_rows``,
     ``weight_gradient``, ``bias_gradient``).
     """
-    _backward_steps(r0, r1, blk, dy, w_hh, p, lengths, reverse, h0, c0,
-                    y, gates, ctape, dh, dc, da, hprev, dp, tmp, use_blas)
+    _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0,
+                    y, gates, ctape, dh, dc, da, hprev, dp, tmp, product)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def backward_blas(dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape,
                   dh, dc, da, hprev, dp, tmp):
     """BPTT on one thread with a BLAS GEMM per step; ``dp`` is (1, 3, H)."""
-    _backward_steps(0, dh.shape[0], 0, dy, w_hh, p, lengths, reverse, h0, c0,
-                    y, gates, ctape, dh, dc, da, hprev, dp, tmp, True)
+    _backward_steps(0, dh.shape[0], 0, dy, w_hh, w_hh.reshape(1, w_hh.shape[0], w_hh.shape[1]),
+                    p, lengths, reverse, h0, c0, y, gates, ctape, dh, dc, da, hprev, dp, tmp, BLAS)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -1,0 +1,142 @@
+"""A float32 matrix product on a weight packed once per call (numba).
+
+The per-step products of an LSTM multiply a small, changing matrix (a few
+rows of ``h`` or ``da``) by the same weight at every step. A BLAS call packs
+that weight again on every step; here it is packed once per call into
+16-column panels, ``(N/16, K, 16)``, and each product runs a register-tiled
+micro-kernel over the panels: a 4 x 16 tile of the output is eight 8-wide
+vector accumulators that stay in registers for the whole K loop, fed by
+broadcast FMAs. numba loops do not get this from LLVM (a 4 x 16 tile written
+as scalar locals ran at 7-8 GFLOP/s), so the kernel's inner loop is emitted
+as LLVM IR through ``numba.extending.intrinsic``.
+
+Measured on one Zen 4 core (float32, single-threaded, weight packed once):
+98-104 GFLOP/s at (M, K, N) = (32..128, 256..1024, 1024..4096), against
+69-84 for a single-threaded OpenBLAS call on the unpacked weight.
+
+Only float32, and N a multiple of 16; the callers fall back to BLAS
+otherwise. The vector code is plain LLVM (``llvm.fma.v8f32``), so it is
+correct on any CPU; it is fast where the CPU has 256-bit FMA.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+#: Columns per panel: two 8-wide float32 vectors.
+PANEL = 16
+
+
+def _tile_intrinsic(rows):
+    """An intrinsic ``tile(a, m0, wp, p, c)``: c[m0:m0+rows, 16p:16p+16] =
+    a[m0:m0+rows, :] @ wp[p] for float32 C-contiguous a (M, K), wp (P, K, 16),
+    c (M, N). K >= 1 (the callers never pass an empty product)."""
+
+    @intrinsic
+    def tile(typingctx, a, m0, wp, p, c):
+        sig = types.void(a, types.intp, wp, types.intp, c)
+        if not all(getattr(t, "dtype", None) == types.float32 for t in (a, wp, c)):
+            # The kernels are compiled for float64 too, with this call in a
+            # branch that only float32 calls take (``packable``): emit nothing.
+            return sig, lambda context, builder, signature, args: context.get_dummy_value()
+
+        def codegen(context, builder, signature, args):
+            a_v, m0_v, wp_v, p_v, c_v = args
+            aty, _, wpty, _, cty = signature.args
+            A = context.make_array(aty)(context, builder, a_v)
+            W = context.make_array(wpty)(context, builder, wp_v)
+            C = context.make_array(cty)(context, builder, c_v)
+            f32 = ir.FloatType()
+            v8 = ir.VectorType(f32, 8)
+            i64 = ir.IntType(64)
+            i32 = ir.IntType(32)
+
+            def const(value):
+                return ir.Constant(i64, value)
+
+            K = builder.extract_value(A.shape, 1)
+            N = builder.extract_value(C.shape, 1)
+            a_rows = [builder.gep(A.data, [builder.mul(builder.add(m0_v, const(i)), K)])
+                      for i in range(rows)]
+            panel = builder.gep(W.data, [builder.mul(p_v, builder.mul(K, const(PANEL)))])
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v8, [v8, v8, v8]), "llvm.fma.v8f32")
+            zero = ir.Constant(v8, [0.0] * 8)
+            undef = ir.Constant(v8, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
+
+            entry = builder.block
+            loop = builder.append_basic_block("k_loop")
+            done = builder.append_basic_block("k_done")
+            builder.branch(loop)
+            builder.position_at_end(loop)
+            k = builder.phi(i64)
+            k.add_incoming(const(0), entry)
+            accs = [builder.phi(v8) for _ in range(2 * rows)]
+            for acc in accs:
+                acc.add_incoming(zero, entry)
+            wk = builder.gep(panel, [builder.mul(k, const(PANEL))])
+            w_lo = builder.load(builder.bitcast(wk, v8.as_pointer()), align=4)
+            w_hi = builder.load(builder.bitcast(builder.gep(wk, [const(8)]), v8.as_pointer()), align=4)
+            new = []
+            for i in range(rows):
+                aik = builder.load(builder.gep(a_rows[i], [k]))
+                broadcast = builder.shuffle_vector(
+                    builder.insert_element(undef, aik, ir.Constant(i32, 0)), undef, splat)
+                new.append(builder.call(fma, [broadcast, w_lo, accs[2 * i]]))
+                new.append(builder.call(fma, [broadcast, w_hi, accs[2 * i + 1]]))
+            k_next = builder.add(k, const(1))
+            body_end = builder.block
+            k.add_incoming(k_next, body_end)
+            for acc, value in zip(accs, new):
+                acc.add_incoming(value, body_end)
+            builder.cbranch(builder.icmp_signed("<", k_next, K), loop, done)
+            builder.position_at_end(done)
+            column = builder.mul(p_v, const(PANEL))
+            for i in range(rows):
+                row = builder.gep(C.data, [builder.add(
+                    builder.mul(builder.add(m0_v, const(i)), N), column)])
+                builder.store(new[2 * i], builder.bitcast(row, v8.as_pointer()), align=4)
+                builder.store(new[2 * i + 1],
+                              builder.bitcast(builder.gep(row, [const(8)]), v8.as_pointer()),
+                              align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile4 = _tile_intrinsic(4)
+_tile1 = _tile_intrinsic(1)
+
+
+@njit(cache=True, nogil=True)
+def pack(w, wp):
+    """wp (N/16, K, 16) = the (K, N) float32 matrix w in 16-column panels."""
+    K, N = w.shape
+    for p in range(N // PANEL):
+        for k in range(K):
+            for j in range(PANEL):
+                wp[p, k, j] = w[k, p * PANEL + j]
+
+
+@njit(cache=True, nogil=True)
+def matmul(a, wp, c):
+    """c (M, N) = a (M, K) @ w, where wp = pack(w); float32, C-contiguous,
+    N = 16 * wp.shape[0], K = wp.shape[1] >= 1. Each panel is used for all
+    row tiles before the next one, so it stays in L1."""
+    M = a.shape[0]
+    M4 = M - M % 4
+    for p in range(wp.shape[0]):
+        for m0 in range(0, M4, 4):
+            _tile4(a, m0, wp, p, c)
+        for m0 in range(M4, M):
+            _tile1(a, m0, wp, p, c)
+
+
+def packable(dtype, N, K) -> bool:
+    """Whether ``matmul`` applies: float32, N a multiple of 16, K >= 1."""
+    return np.dtype(dtype) == np.float32 and N % PANEL == 0 and N > 0 and K >= 1
