@@ -6,10 +6,11 @@ For each shape it times, as compiled loops over the same arrays the backend
 uses: the whole ``NumbaBackend.forward`` (no tape); the input projection alone;
 the T recurrent products alone; the T gate passes alone. Each component is
 timed with the strategy the backend picks for that shape (``rows``: one thread
-per row block, each calling a single-threaded BLAS or the hand-written
-product; ``blas``: numba's np.dot on one thread, i.e. scipy's multi-threaded
-OpenBLAS). Medians in ms, and GFLOP/s for the products. This is the evidence
-for the "what limits it" notes in docs/benchmarks.md.
+per row block, each calling a single-threaded BLAS, the packed-weight kernel
+or the hand-written product; ``blas``: numba's np.dot on one thread, i.e.
+scipy's multi-threaded OpenBLAS). Medians in ms, and GFLOP/s for the
+products. This is the evidence for the "what limits it" notes in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from polylstm import benchmarking as bm
-from polylstm_numba import _backend, _kernels
+from polylstm_numba import _backend, _kernels, _packed
 
 
 @njit(nogil=True)
@@ -62,6 +63,13 @@ def _row_steps(r0, r1, h, w_hh_t, acc, T, use_blas):
 
 
 @njit(nogil=True)
+def _packed_steps(r0, r1, h, w_hh_p, acc, T):
+    """T recurrent products for rows r0..r1-1 with the packed-weight kernel."""
+    for _ in range(T):
+        _packed.matmul(h[r0:r1], w_hh_p, acc[r0:r1])
+
+
+@njit(nogil=True)
 def _gate_passes(r0, r1, acc, xw, b, p, h, c, y, g, ct):
     """T gate passes (the cell) for rows r0..r1-1, no products."""
     for t in range(xw.shape[0]):
@@ -79,9 +87,10 @@ def breakdown(shape: bm.Shape, repeats: int):
     T, B, I, H = shape.T, shape.B, shape.I, shape.H
     dt = np.float32
     backend = _backend.NumbaBackend()
-    threads = backend._threads()
-    path = backend.choose_path(B, H, threads)
-    blocks = _backend._row_blocks(B, threads) if path == "rows" else [(0, B)]
+    threads = backend.threads_for(T, B, I, H)
+    path = backend.choose_path(B, H, threads, dt)
+    products = backend.choose_row_products(B, threads, H, dt) if path == "rows" else None
+    blocks = _backend._row_blocks(B, threads, products == "packed") if path == "rows" else [(0, B)]
     threads = threads if path == "rows" else 1
 
     def on_blocks(function, *args):
@@ -107,8 +116,14 @@ def breakdown(shape: bm.Shape, repeats: int):
         proj = _median_ms(lambda: _blas_projection(inp.x.reshape(T * B, I), inp.w_ih,
                                                    xw.reshape(T * B, 4 * H)), repeats)
         rec = _median_ms(lambda: _blas_steps(h, w_hh_t, acc, T), repeats)
+    elif products == "packed":
+        path = "rows, packed products"
+        proj = _median_ms(lambda: _backend._run_tasks(
+            _backend._projection_tasks(inp.x, w_ih_t, xw, threads), threads), repeats)
+        w_hh_p = _backend._pack(w_hh_t)
+        rec = _median_ms(lambda: on_blocks(_packed_steps, h, w_hh_p, acc, T), repeats)
     else:
-        use_blas = backend.choose_row_products(B, threads) == "blas"
+        use_blas = products == "blas"
         path = f"rows, {'BLAS' if use_blas else 'hand-written'} products"
         proj = _median_ms(lambda: on_blocks(_row_projection, inp.x, w_ih_t, xw, use_blas), repeats)
         rec = _median_ms(lambda: on_blocks(_row_steps, h, w_hh_t, acc, T, use_blas), repeats)
