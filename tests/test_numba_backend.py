@@ -254,8 +254,10 @@ def test_functional_api_selects_numba_by_default_and_by_name():
 
 
 def test_every_kernel_is_cached_on_disk():
-    dispatchers = [getattr(_kernels, name) for name in dir(_kernels)
-                   if hasattr(getattr(_kernels, name), "py_func")]
+    from polylstm_numba import _packed
+
+    dispatchers = [getattr(module, name) for module in (_kernels, _packed) for name in dir(module)
+                   if hasattr(getattr(module, name), "py_func")]
     assert len(dispatchers) >= 10
     for dispatcher in dispatchers:
         assert type(dispatcher._cache).__name__ != "NullCache", dispatcher.py_func.__name__
@@ -265,7 +267,7 @@ def test_threaded_kernels_release_the_gil():
     for dispatcher in (_kernels.forward_rows, _kernels.backward_rows,
                        _kernels.forward_blas, _kernels.backward_blas,
                        _kernels.input_gradient_rows, _kernels.weight_gradient,
-                       _kernels.bias_gradient):
+                       _kernels.bias_gradient, _kernels.project_rows):
         assert dispatcher.targetoptions.get("nogil") is True, dispatcher.py_func.__name__
 
 
@@ -326,17 +328,20 @@ def test_activation_accuracy_and_dtype(dtype):
         assert np.abs(got[2::3] - at_minus_inf).max() < 2e-7
 
 
-@pytest.mark.parametrize("path,products", [("rows", "hand")] + [("rows", k) for k in ROW_BLAS]
-                         + [("blas", None)])
-def test_concurrent_calls_from_several_threads_match_serial_ones(path, products):
+@pytest.mark.parametrize("path,products,H,dtype",
+                         [("rows", "hand", 8, "float64")]
+                         + [("rows", k, 8, "float64") for k in ROW_BLAS]
+                         + [("rows", k, 16, "float32") for k in PACKED]
+                         + [("blas", None, 8, "float64")])
+def test_concurrent_calls_from_several_threads_match_serial_ones(path, products, H, dtype):
     # The row-block pool is shared and the BLAS thread setting is per thread:
     # calls from several user threads at once must not mix up their blocks.
     import concurrent.futures
 
-    case = Case(T=12, B=9, I=5, H=8, lengths=True, peephole=True)
+    case = Case(T=12, B=9, I=5, H=H, lengths=True, peephole=True)
     inputs = []
     for k in range(6):  # six different problems of one shape
-        inp = make_inputs(case, "float64")
+        inp = make_inputs(case, dtype)
         inp["x"] = inp["x"] * (1 + 0.25 * k)
         inputs.append(inp)
     backend = _backend.NumbaBackend(path, 2, products)
