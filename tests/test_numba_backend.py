@@ -131,7 +131,8 @@ def test_large_batch_uses_more_than_the_leftover_rows(products):
 
 
 @pytest.mark.parametrize("M,K,N", [(1, 1, 16), (5, 3, 16), (7, 130, 48), (32, 256, 1024),
-                                   (9, 64, 32)])
+                                   (9, 64, 32), (13, 17, 16), (38, 40, 64), (4, 8, 16),
+                                   (6, 5, 32)])
 def test_packed_product_matches_a_float64_product(M, K, N):
     from polylstm_numba import _packed
 
