@@ -11,17 +11,18 @@ as scalar locals ran at 7-8 GFLOP/s), so the kernel's inner loop is emitted
 as LLVM IR through ``numba.extending.intrinsic``.
 
 Measured on one Zen 4 core (float32, single-threaded, weight packed once),
-4 x 16 tiles: 98-104 GFLOP/s at (M, K, N) = (32..128, 256..1024,
-1024..4096), against 69-84 for a single-threaded OpenBLAS call on the
-unpacked weight; 6 x 16 tiles: 109-113 at M = 36..48.
+4 x 16 tiles: 90-104 GFLOP/s at (M, K, N) = (32..128, 256..1024,
+1024..4096), against 66-84 for a single-threaded OpenBLAS call on the
+unpacked weight; 6 x 16 tiles: 109-113 at M = 36..48 in one run, within the
+noise of 4 x 16 in two repeats (see docs/benchmarks.md).
 
 Only float32, and N a multiple of 16; the callers fall back to BLAS
-otherwise.
+otherwise. The vector code is plain LLVM (``llvm.fma.v8f32``), so it is
+correct on any CPU; it is fast where the CPU has 256-bit FMA.
 
 numba's on-disk cache keys a function on its own source file only: after
 editing this module, delete ``__pycache__`` here (or touch ``_kernels.py``),
-or the cached kernels keep the old version of ``matmul`` compiled in. The vector code is plain LLVM (``llvm.fma.v8f32``), so it is
-correct on any CPU; it is fast where the CPU has 256-bit FMA.
+or the cached kernels keep the old version of ``matmul`` compiled in.
 """
 
 import numpy as np
@@ -135,8 +136,8 @@ def matmul(a, wp, c):
     N = 16 * wp.shape[0], K = wp.shape[1] >= 1. Each panel is used for all
     row tiles before the next one, so it stays in L1.
 
-    Rows go in 6-row tiles (12 accumulators: measured 109-113 GFLOP/s against
-    101-105 for 4-row tiles at M = 36..48, K = 256..512), then up to two
+    Rows go in 6-row tiles (12 accumulators, the latency slack that 8 lack),
+    then up to two
     4-row tiles chosen so that as few rows as possible are left for the
     slower one-row tile (M = 32: four 6-row and two 4-row tiles)."""
     M = a.shape[0]
