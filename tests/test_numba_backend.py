@@ -29,8 +29,8 @@ from polylstm_numba import _activations, _backend, _blas_threads, _kernels  # no
 # without it the row blocks fall back to the hand-written product.
 ROW_BLAS = ["blas"] if _blas_threads.available() else []
 # (path, threads, row_products): rows with 1, 2 and 3 blocks; BLAS.
-# "packed" applies to float32 with H a multiple of 16 (CASES has one such
-# case); elsewhere it falls back to "blas".
+# "packed" applies to H a multiple of 16 (float32) or 8 (float64); CASES
+# has such cases (H = 8, 16); elsewhere it falls back to "blas".
 PACKED = ["packed"] if _blas_threads.available() else []
 STRATEGIES = ([("rows", 1, kind) for kind in ROW_BLAS + PACKED + ["hand"]]
               + [("rows", n, kind) for n in (2, 3) for kind in ROW_BLAS + PACKED + ["hand"]]
@@ -133,18 +133,21 @@ def test_large_batch_uses_more_than_the_leftover_rows(products):
 @pytest.mark.parametrize("M,K,N", [(1, 1, 16), (5, 3, 16), (7, 130, 48), (32, 256, 1024),
                                    (9, 64, 32), (13, 17, 16), (38, 40, 64), (4, 8, 16),
                                    (6, 5, 32)])
-def test_packed_product_matches_a_float64_product(M, K, N):
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_packed_product_matches_a_float64_product(M, K, N, dtype):
     from polylstm_numba import _packed
 
     rng = np.random.default_rng(M * K + N)
-    a = rng.standard_normal((M, K)).astype(np.float32)
-    w = rng.standard_normal((K, N)).astype(np.float32)
-    c = np.full((M, N), np.nan, np.float32)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    w = rng.standard_normal((K, N)).astype(dtype)
+    c = np.full((M, N), np.nan, dtype)
     _packed.matmul(a, _backend._pack(w), c)
     want = a.astype(np.float64) @ w.astype(np.float64)
-    assert np.abs(c - want).max() <= 1e-5 * np.abs(want).max() * np.sqrt(K)
-    assert _packed.packable(np.float32, 32, 4) and not _packed.packable(np.float64, 32, 4)
-    assert not _packed.packable(np.float32, 24, 4)
+    tol = {"float32": 1e-5, "float64": 1e-13}[dtype]
+    assert np.abs(c - want).max() <= tol * np.abs(want).max() * np.sqrt(K)
+    assert _packed.packable(np.float32, 32, 4) and _packed.packable(np.float64, 24, 4)
+    assert not _packed.packable(np.float32, 24, 4) and not _packed.packable(np.float64, 20, 4)
+    assert not _packed.packable(np.int64, 32, 4)
 
 
 def test_packed_rows_are_chosen_for_large_float32_hidden_sizes():
@@ -152,12 +155,14 @@ def test_packed_rows_are_chosen_for_large_float32_hidden_sizes():
     if _blas_threads.available():
         assert backend.choose_row_products(64, 2, 256, np.float32) == "packed"
         assert backend.choose_path(64, 256, 2, np.float32) == "rows"
-        assert backend.choose_path(64, 256, 2, np.float64) == "blas"
-        assert backend.choose_row_products(64, 2, 250, np.float32) == "blas"  # 4H % 16 != 0
+        assert backend.choose_path(64, 256, 2, np.float64) == "rows"
+        assert backend.choose_path(64, 252, 2, np.float64) == "blas"  # H % 8 != 0
+        assert backend.choose_row_products(64, 2, 250, np.float32) == "blas"  # H % 16 != 0
         assert backend.choose_row_products(16, 2, 128, np.float32) == "blas"  # H <= 192
         forced = _backend.NumbaBackend("rows", 2, "packed")
         assert forced.choose_row_products(3, 2, 16, np.float32) == "packed"
-        assert forced.choose_row_products(3, 2, 16, np.float64) == "blas"
+        assert forced.choose_row_products(3, 2, 16, np.float64) == "packed"
+        assert forced.choose_row_products(3, 2, 12, np.float64) == "blas"
     assert _backend._row_blocks(10, 2, whole=True) == [(0, 5), (5, 10)]
 
 

@@ -167,8 +167,8 @@ class NumbaBackend(Backend):
     backward loop are split over the same threads; needs scipy's OpenBLAS >=
     0.3.27, see ``_blas_threads``), ``"packed"`` (as ``"blas"``, but the
     per-step products run the micro-kernel of ``_packed`` on weights packed
-    once per call, one row block per thread; float32 with H a multiple of 16,
-    else ``"blas"``), ``"hand"`` (the hand-written product in the loops, one
+    once per call, one row block per thread; H a multiple of 16 for float32,
+    of 8 for float64, else ``"blas"``), ``"hand"`` (the hand-written product in the loops, one
     multi-threaded BLAS call per gradient), or None: ``"packed"`` where it
     applies and H > ``ROWS_PATH_MAX_H``, else ``"blas"`` where available and
     the row blocks have at least ``BLOCK_ROWS`` rows, else ``"hand"``
@@ -342,9 +342,11 @@ _PRODUCT = {"hand": _kernels.HAND, "blas": _kernels.BLAS, "packed": _kernels.PAC
 
 
 def _pack(w):
-    """``_packed.pack`` of the (K, N) matrix w into a new (N/16, K, 16) array."""
+    """``_packed.pack`` of the (K, N) matrix w into a new (N/L, K, L) array,
+    L = ``_packed.PANEL`` of its dtype (16 for float32, 8 for float64)."""
     K, N = w.shape
-    panels = np.empty((N // _packed.PANEL, K, _packed.PANEL), w.dtype)
+    width = _packed.PANEL[w.dtype.name]
+    panels = np.empty((N // width, K, width), w.dtype)
     _packed.pack(w, panels)
     return panels
 

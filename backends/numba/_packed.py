@@ -1,12 +1,12 @@
-"""A float32 matrix product on a weight packed once per call (numba).
+"""A matrix product on a weight packed once per call (numba; float32, float64).
 
 The per-step products of an LSTM multiply a small, changing matrix (a few
 rows of ``h`` or ``da``) by the same weight at every step. A BLAS call packs
 that weight again on every step; here it is packed once per call into
-16-column panels, ``(N/16, K, 16)``, and each product runs a register-tiled
-micro-kernel over the panels: a 6 x 16 tile of the output is twelve 8-wide
-vector accumulators that stay in registers for the whole K loop, fed by
-broadcast FMAs. numba loops do not get this from LLVM (a 4 x 16 tile written
+panels of two 256-bit vectors' width (16 float32 or 8 float64 columns:
+``(N/L, K, L)``), and each product runs a register-tiled micro-kernel over
+the panels: a 6-row tile of the output is twelve vector accumulators that
+stay in registers for the whole K loop, fed by broadcast FMAs. numba loops do not get this from LLVM (a 4 x 16 tile written
 as scalar locals ran at 7-8 GFLOP/s), so the kernel's inner loop is emitted
 as LLVM IR through ``numba.extending.intrinsic``.
 
@@ -16,9 +16,10 @@ Measured on one Zen 4 core (float32, single-threaded, weight packed once),
 unpacked weight; 6 x 16 tiles: 109-113 at M = 36..48 in one run, within the
 noise of 4 x 16 in two repeats (see docs/benchmarks.md).
 
-Only float32, and N a multiple of 16; the callers fall back to BLAS
-otherwise. The vector code is plain LLVM (``llvm.fma.v8f32``), so it is
-correct on any CPU; it is fast where the CPU has 256-bit FMA.
+N must be a multiple of the panel width; the callers fall back to BLAS
+otherwise. The vector code is plain LLVM (``llvm.fma.v8f32`` /
+``llvm.fma.v4f64``), so it is correct on any CPU; it is fast where the CPU
+has 256-bit FMA.
 
 numba's on-disk cache keys a function on its own source file only: after
 editing this module, delete ``__pycache__`` here (or touch ``_kernels.py``),
@@ -31,22 +32,28 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-#: Columns per panel: two 8-wide float32 vectors.
-PANEL = 16
+#: Columns per panel, by element type: two 256-bit vectors (8 float32 or 4
+#: float64 lanes each), so a 6-row tile holds twelve vector accumulators in
+#: either precision.
+PANEL = {"float32": 16, "float64": 8}
+_LANES = {"float32": 8, "float64": 4}
 
 
 def _tile_intrinsic(rows):
-    """An intrinsic ``tile(a, m0, wp, p, c)``: c[m0:m0+rows, 16p:16p+16] =
-    a[m0:m0+rows, :] @ wp[p] for float32 C-contiguous a (M, K), wp (P, K, 16),
-    c (M, N). K >= 1 (the callers never pass an empty product)."""
+    """An intrinsic ``tile(a, m0, wp, p, c)``: c[m0:m0+rows, Lp:Lp+L] =
+    a[m0:m0+rows, :] @ wp[p] for C-contiguous a (M, K), wp (P, K, L), c (M, N)
+    of one float dtype, L = PANEL[dtype]. K >= 1 (the callers never pass an
+    empty product)."""
 
     @intrinsic
     def tile(typingctx, a, m0, wp, p, c):
         sig = types.void(a, types.intp, wp, types.intp, c)
-        if not all(getattr(t, "dtype", None) == types.float32 for t in (a, wp, c)):
-            # The kernels are compiled for float64 too, with this call in a
-            # branch that only float32 calls take (``packable``): emit nothing.
-            return sig, lambda context, builder, signature, args: context.get_dummy_value()
+        dtypes = {str(getattr(t, "dtype", "")) for t in (a, wp, c)}
+        if len(dtypes) != 1 or next(iter(dtypes)) not in PANEL:
+            raise TypeError(f"tile: a, wp, c must share a float32 or float64 dtype, got {dtypes}")
+        name = next(iter(dtypes))
+        lanes = _LANES[name]
+        panel_width = PANEL[name]
 
         def codegen(context, builder, signature, args):
             a_v, m0_v, wp_v, p_v, c_v = args
@@ -54,8 +61,8 @@ def _tile_intrinsic(rows):
             A = context.make_array(aty)(context, builder, a_v)
             W = context.make_array(wpty)(context, builder, wp_v)
             C = context.make_array(cty)(context, builder, c_v)
-            f32 = ir.FloatType()
-            v8 = ir.VectorType(f32, 8)
+            element = ir.FloatType() if name == "float32" else ir.DoubleType()
+            vec = ir.VectorType(element, lanes)
             i64 = ir.IntType(64)
             i32 = ir.IntType(32)
 
@@ -66,12 +73,14 @@ def _tile_intrinsic(rows):
             N = builder.extract_value(C.shape, 1)
             a_rows = [builder.gep(A.data, [builder.mul(builder.add(m0_v, const(i)), K)])
                       for i in range(rows)]
-            panel = builder.gep(W.data, [builder.mul(p_v, builder.mul(K, const(PANEL)))])
+            panel = builder.gep(W.data, [builder.mul(p_v, builder.mul(K, const(panel_width)))])
+            suffix = f"v{lanes}f{32 if name == 'float32' else 64}"
             fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(v8, [v8, v8, v8]), "llvm.fma.v8f32")
-            zero = ir.Constant(v8, [0.0] * 8)
-            undef = ir.Constant(v8, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
+                builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.{suffix}")
+            zero = ir.Constant(vec, [0.0] * lanes)
+            undef = ir.Constant(vec, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+            align = 4 if name == "float32" else 8
 
             entry = builder.block
             loop = builder.append_basic_block("k_loop")
@@ -80,12 +89,13 @@ def _tile_intrinsic(rows):
             builder.position_at_end(loop)
             k = builder.phi(i64)
             k.add_incoming(const(0), entry)
-            accs = [builder.phi(v8) for _ in range(2 * rows)]
+            accs = [builder.phi(vec) for _ in range(2 * rows)]
             for acc in accs:
                 acc.add_incoming(zero, entry)
-            wk = builder.gep(panel, [builder.mul(k, const(PANEL))])
-            w_lo = builder.load(builder.bitcast(wk, v8.as_pointer()), align=4)
-            w_hi = builder.load(builder.bitcast(builder.gep(wk, [const(8)]), v8.as_pointer()), align=4)
+            wk = builder.gep(panel, [builder.mul(k, const(panel_width))])
+            w_lo = builder.load(builder.bitcast(wk, vec.as_pointer()), align=align)
+            w_hi = builder.load(builder.bitcast(builder.gep(wk, [const(lanes)]), vec.as_pointer()),
+                                align=align)
             new = []
             for i in range(rows):
                 aik = builder.load(builder.gep(a_rows[i], [k]))
@@ -100,14 +110,14 @@ def _tile_intrinsic(rows):
                 acc.add_incoming(value, body_end)
             builder.cbranch(builder.icmp_signed("<", k_next, K), loop, done)
             builder.position_at_end(done)
-            column = builder.mul(p_v, const(PANEL))
+            column = builder.mul(p_v, const(panel_width))
             for i in range(rows):
                 row = builder.gep(C.data, [builder.add(
                     builder.mul(builder.add(m0_v, const(i)), N), column)])
-                builder.store(new[2 * i], builder.bitcast(row, v8.as_pointer()), align=4)
+                builder.store(new[2 * i], builder.bitcast(row, vec.as_pointer()), align=align)
                 builder.store(new[2 * i + 1],
-                              builder.bitcast(builder.gep(row, [const(8)]), v8.as_pointer()),
-                              align=4)
+                              builder.bitcast(builder.gep(row, [const(lanes)]), vec.as_pointer()),
+                              align=align)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -122,24 +132,26 @@ _tile1 = _tile_intrinsic(1)
 
 @njit(cache=True, nogil=True)
 def pack(w, wp):
-    """wp (N/16, K, 16) = the (K, N) float32 matrix w in 16-column panels."""
+    """wp (N/L, K, L) = the (K, N) matrix w in L-column panels, L = wp.shape[2]."""
     K, N = w.shape
-    for p in range(N // PANEL):
+    L = wp.shape[2]
+    for p in range(N // L):
         for k in range(K):
-            for j in range(PANEL):
-                wp[p, k, j] = w[k, p * PANEL + j]
+            for j in range(L):
+                wp[p, k, j] = w[k, p * L + j]
 
 
 @njit(cache=True, nogil=True)
 def matmul(a, wp, c):
-    """c (M, N) = a (M, K) @ w, where wp = pack(w); float32, C-contiguous,
-    N = 16 * wp.shape[0], K = wp.shape[1] >= 1. Each panel is used for all
-    row tiles before the next one, so it stays in L1.
+    """c (M, N) = a (M, K) @ w, where wp = pack(w); C-contiguous, one float
+    dtype, N = L * wp.shape[0] with L = wp.shape[2] = PANEL[dtype],
+    K = wp.shape[1] >= 1. Each panel is used for all row tiles before the
+    next one, so it stays in L1.
 
     Rows go in 6-row tiles (12 accumulators, the latency slack that 8 lack),
-    then up to two
-    4-row tiles chosen so that as few rows as possible are left for the
-    slower one-row tile (M = 32: four 6-row and two 4-row tiles)."""
+    then up to two 4-row tiles chosen so that as few rows as possible are
+    left for the slower one-row tile (M = 32: four 6-row and two 4-row
+    tiles)."""
     M = a.shape[0]
     n4 = 0
     best = M % 6
@@ -159,5 +171,7 @@ def matmul(a, wp, c):
 
 
 def packable(dtype, N, K) -> bool:
-    """Whether ``matmul`` applies: float32, N a multiple of 16, K >= 1."""
-    return np.dtype(dtype) == np.float32 and N % PANEL == 0 and N > 0 and K >= 1
+    """Whether ``matmul`` applies: float32 (N a multiple of 16) or float64 (N
+    a multiple of 8), K >= 1."""
+    width = PANEL.get(np.dtype(dtype).name)
+    return width is not None and N > 0 and N % width == 0 and K >= 1
