@@ -17,11 +17,11 @@ Two ways to run the recurrence, chosen by the caller per call:
 * **rows** (``*_rows``): the batch is cut into contiguous row blocks, one per
   thread; each thread runs the whole time loop for its rows, calling a
   single-threaded BLAS, the packed-weight micro-kernel of ``_packed``
-  (float32, large H), or, where scipy's BLAS cannot be made single-threaded
+  (large H), or, where scipy's BLAS cannot be made single-threaded
   per thread, a hand-written product. Rows of different blocks never
   interact, so there is no per-step synchronisation and no BLAS thread pool;
   good for small and medium shapes where one step is microseconds of work,
-  and with the packed kernel for large float32 ones (blocks of fewer than 4
+  and with the packed kernel for large ones (blocks of fewer than 4
   rows keep the hand-written product: measured faster for one-row blocks).
   The threads are plain Python threads calling these GIL-free functions
   (see ``_backend``), not numba's ``parallel=True``: its OpenMP layer
@@ -30,7 +30,7 @@ Two ways to run the recurrence, chosen by the caller per call:
 * **blas** (``*_blas``): one thread walks time; the per-step product is one
   BLAS GEMM over the whole batch (``np.dot`` with ``out``, so no allocation),
   using BLAS's own threads. For large shapes the packed kernel cannot take
-  (float64, H not a multiple of 16).
+  (H not a multiple of its panel width).
 
 Either way the input projection ``x @ w_ih.T`` of all steps is computed before
 the time loop (per row block on the rows path, or by the caller in row chunks
