@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from polylstm import benchmarking as bm
-from polylstm_numba import _backend, _kernels, _packed
+from polylstm_numba import _backend, _kernels
 
 
 @njit(nogil=True)
@@ -39,34 +39,19 @@ def _blas_steps(h, w_hh_t, acc, T):
 
 
 @njit(nogil=True)
-def _row_projection(r0, r1, x, w_ih_t, xw, use_blas):
-    """Per step, rows r0..r1-1: xw[t] = x[t] @ w_ih_t (BLAS or the hand-written product)."""
+def _row_projection(r0, r1, x, w_ih_t, xw, product):
+    """Per step, rows r0..r1-1: xw[t] = x[t] @ w_ih_t (``_kernels.multiply``,
+    BLAS or the hand-written product)."""
     for t in range(x.shape[0]):
-        xwt = xw[t, r0:r1]
-        if use_blas:
-            np.dot(x[t, r0:r1], w_ih_t, xwt)
-        else:
-            xwt[:] = 0
-            _kernels.matmul_acc(x[t, r0:r1], w_ih_t, xwt)
+        unused = w_ih_t.reshape(1, w_ih_t.shape[0], w_ih_t.shape[1])
+        _kernels.multiply(x[t, r0:r1], w_ih_t, unused, xw[t, r0:r1], product)
 
 
 @njit(nogil=True)
-def _row_steps(r0, r1, h, w_hh_t, acc, T, use_blas):
-    """T recurrent products for rows r0..r1-1 (BLAS or the hand-written product)."""
+def _row_steps(r0, r1, h, w_hh_t, w_hh_p, acc, T, product):
+    """T recurrent products for rows r0..r1-1 as the rows path does them."""
     for _ in range(T):
-        ac = acc[r0:r1]
-        if use_blas:
-            np.dot(h[r0:r1], w_hh_t, ac)
-        else:
-            ac[:] = 0
-            _kernels.matmul_acc(h[r0:r1], w_hh_t, ac)
-
-
-@njit(nogil=True)
-def _packed_steps(r0, r1, h, w_hh_p, acc, T):
-    """T recurrent products for rows r0..r1-1 with the packed-weight kernel."""
-    for _ in range(T):
-        _packed.matmul(h[r0:r1], w_hh_p, acc[r0:r1])
+        _kernels.multiply(h[r0:r1], w_hh_t, w_hh_p, acc[r0:r1], product)
 
 
 @njit(nogil=True)
@@ -121,12 +106,14 @@ def breakdown(shape: bm.Shape, repeats: int):
         proj = _median_ms(lambda: _backend._run_tasks(
             _backend._projection_tasks(inp.x, w_ih_t, xw, threads), threads), repeats)
         w_hh_p = _backend._pack(w_hh_t)
-        rec = _median_ms(lambda: on_blocks(_packed_steps, h, w_hh_p, acc, T), repeats)
+        rec = _median_ms(lambda: on_blocks(_row_steps, h, w_hh_t, w_hh_p, acc, T,
+                                           _kernels.PACKED), repeats)
     else:
-        use_blas = products == "blas"
-        path = f"rows, {'BLAS' if use_blas else 'hand-written'} products"
-        proj = _median_ms(lambda: on_blocks(_row_projection, inp.x, w_ih_t, xw, use_blas), repeats)
-        rec = _median_ms(lambda: on_blocks(_row_steps, h, w_hh_t, acc, T, use_blas), repeats)
+        kind = _kernels.BLAS if products == "blas" else _kernels.HAND
+        path = f"rows, {'BLAS' if products == 'blas' else 'hand-written'} products"
+        unused = w_hh_t.reshape(1, H, 4 * H)
+        proj = _median_ms(lambda: on_blocks(_row_projection, inp.x, w_ih_t, xw, kind), repeats)
+        rec = _median_ms(lambda: on_blocks(_row_steps, h, w_hh_t, unused, acc, T, kind), repeats)
     gates = _median_ms(lambda: on_blocks(_gate_passes, acc, xw, inp.b, p, h, c, y, g, ct), repeats)
     return path, len(blocks), [
         ("forward (backend, no tape)", total, shape.flops("forward") / total / 1e6),

@@ -271,8 +271,7 @@ class NumbaBackend(Backend):
             w_ih_t = np.ascontiguousarray(w_ih.T)  # (I, 4H)
             products = self.choose_row_products(B, nthreads, H, dtype)
             # The packed path projects beforehand (below), so only w_hh is
-            # packed; unused arguments get arrays of the right rank and dtype.
-            w_ih_p = w_ih_t.reshape(1, I, 4 * H)
+            # packed; otherwise an unused array of the right rank and dtype.
             w_hh_p = _pack(w_hh_t) if products == "packed" else w_hh_t.reshape(1, H, 4 * H)
             # With one block per thread (packed), the projection of all steps
             # first, as row chunks of one product on the threads: per step it
@@ -281,7 +280,7 @@ class NumbaBackend(Backend):
             if projected:
                 _run_tasks(_projection_tasks(x, w_ih_t, xw, nthreads), nthreads)
             _run_blocks(_forward_block, _row_blocks(B, nthreads, products == "packed"), nthreads,
-                        x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates,
+                        x, w_ih_t, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates,
                         ctape, xw, acc, _PRODUCT[products], projected)
         else:
             _kernels.forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse,

@@ -125,6 +125,21 @@ def matmul_acc(a, w, out):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def multiply(a, w, w_packed, out, product):
+    """out (M, N) = a (M, K) @ w (K, N), all C-contiguous, one dtype, by the
+    ``product`` kind: PACKED, the micro-kernel on ``w_packed`` =
+    ``_packed.pack(w)``; BLAS, ``np.dot``; HAND, the hand-written kernel.
+    ``w_packed`` is not read unless PACKED (any array of rank 3 will do)."""
+    if product == PACKED:
+        _packed.matmul(a, w_packed, out)
+    elif product == BLAS:
+        np.dot(a, w, out)
+    else:
+        out[:] = 0
+        matmul_acc(a, w, out)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _cell_forward_row(a, xr, b, p, hr, cr, yr, gr, ctr):
     """One sequence, one step of the cell; vectorised over the hidden units.
 
@@ -184,15 +199,7 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, 
     for s in range(T):
         t = T - 1 - s if reverse else s
         tt = t if keep else 0
-        hs = h[r0:r1]
-        ac = acc[r0:r1]
-        if product == PACKED:
-            _packed.matmul(hs, w_hh_p, ac)
-        elif product == BLAS:
-            np.dot(hs, w_hh_t, ac)
-        else:
-            ac[:] = 0
-            matmul_acc(hs, w_hh_t, ac)
+        multiply(h[r0:r1], w_hh_t, w_hh_p, acc[r0:r1], product)
         for r in range(r0, r1):
             if t < lengths[r]:
                 _cell_forward_row(acc[r], xw[t, r], b, p, h[r], c[r], y[t, r],
@@ -200,45 +207,33 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def forward_rows(r0, r1, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y,
+def forward_rows(r0, r1, x, w_ih_t, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y,
                  gates, ctape, xw, acc, product, projected):
     """Whole forward for batch rows r0..r1-1; releases the GIL so the caller
     runs one row block per thread.
 
     x: (T, B, I)   w_ih_t: (I, 4H) = w_ih.T, C order   b: (4H,)
     xw: (T, B, 4H) scratch for the input projection (this block's rows).
-    Other arguments as ``_forward_steps``. The input projection of all steps
-    is done first, one product per step over the block's rows. ``product``:
-    BLAS calls, which the caller has made single-threaded for this thread
-    (``_blas_threads``); PACKED, the micro-kernel on ``w_ih_p`` and ``w_hh_p``
-    (``_packed.pack`` of ``w_ih_t`` and ``w_hh_t``); or HAND, the hand-written
-    kernel, as a multi-threaded BLAS here would wake BLAS's thread pool, whose
-    spinning workers then compete with the other row blocks' threads.
-    ``projected``: the caller has already filled ``xw`` (``project_rows``).
+    Other arguments as ``_forward_steps``. ``product`` (``multiply``): BLAS
+    calls, which the caller has made single-threaded for this thread
+    (``_blas_threads``); PACKED, the micro-kernel on ``w_hh_p``; or HAND, the
+    hand-written kernel, as a multi-threaded BLAS here would wake BLAS's
+    thread pool, whose spinning workers then compete with the other row
+    blocks' threads. The input projection of all steps is done first, one
+    product per step over the block's rows, unless ``projected`` (the caller
+    has already filled ``xw`` with ``project_rows``, as it does for PACKED;
+    otherwise the projection of a PACKED call runs on BLAS).
     """
     T, B, I = x.shape
     G = xw.shape[2]
+    kind = BLAS if product == PACKED else product  # no packed w_ih here
     if projected:
         pass
     elif r1 - r0 == B:  # all rows: (T*B, I) is one contiguous matrix, one product
-        xw2 = xw.reshape(T * B, G)
-        if product == PACKED:
-            _packed.matmul(x.reshape(T * B, I), w_ih_p, xw2)
-        elif product == BLAS:
-            np.dot(x.reshape(T * B, I), w_ih_t, xw2)
-        else:
-            xw2[:] = 0
-            matmul_acc(x.reshape(T * B, I), w_ih_t, xw2)
+        multiply(x.reshape(T * B, I), w_ih_t, w_hh_p, xw.reshape(T * B, G), kind)
     else:
         for t in range(T):
-            xwt = xw[t, r0:r1]
-            if product == PACKED:
-                _packed.matmul(x[t, r0:r1], w_ih_p, xwt)
-            elif product == BLAS:
-                np.dot(x[t, r0:r1], w_ih_t, xwt)
-            else:
-                xwt[:] = 0
-                matmul_acc(x[t, r0:r1], w_ih_t, xwt)
+            multiply(x[t, r0:r1], w_ih_t, w_hh_p, xw[t, r0:r1], kind)
     _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates, ctape,
                    acc, product)
 
@@ -333,14 +328,7 @@ def _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, 
                 hprev[t, r] = hpr
                 _cell_backward_row(dh[r], dc[r], dy[t, r], gates[t, r], ctape[t, r], cpr,
                                    p, da[t, r], dp[blk])
-        tm = tmp[r0:r1]
-        if product == PACKED:
-            _packed.matmul(da[t, r0:r1], w_hh_p, tm)
-        elif product == BLAS:
-            np.dot(da[t, r0:r1], w_hh, tm)
-        else:
-            tm[:] = 0
-            matmul_acc(da[t, r0:r1], w_hh, tm)
+        multiply(da[t, r0:r1], w_hh, w_hh_p, tmp[r0:r1], product)
         for r in range(r0, r1):
             if t < lengths[r]:
                 dh[r] = tmp[r]
