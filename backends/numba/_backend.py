@@ -120,6 +120,13 @@ def _run_blocks(function, blocks, nthreads, *args):
                 for k, (r0, r1) in enumerate(blocks)], nthreads)
 
 
+def _row_chunks(n, pieces):
+    """[(n0, n1), ...]: rows 0..n-1 in about ``pieces`` contiguous chunks of
+    at least 32 rows (each chunk is one product)."""
+    chunk = max(32, -(-n // pieces))
+    return [(n0, min(n, n0 + chunk)) for n0 in range(0, n, chunk)]
+
+
 def _projection_tasks(x, w_ih_t, xw, nthreads):
     """The input projection xw = x @ w_ih_t of all steps as row-chunk tasks
     for ``_run_tasks``, about two per thread.
@@ -128,9 +135,8 @@ def _projection_tasks(x, w_ih_t, xw, nthreads):
     n = T * B
     x2 = x.reshape(n, I)
     xw2 = xw.reshape(n, xw.shape[2])
-    chunk = max(32, -(-n // (2 * nthreads)))
-    return [functools.partial(_kernels.project_rows, x2, w_ih_t, xw2, n0, min(n, n0 + chunk))
-            for n0 in range(0, n, chunk)]
+    return [functools.partial(_kernels.project_rows, x2, w_ih_t, xw2, n0, n1)
+            for n0, n1 in _row_chunks(n, 2 * nthreads)]
 
 
 def _gradient_tasks(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db, nthreads):
@@ -147,9 +153,8 @@ def _gradient_tasks(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db, nthreads):
     weights = sorted([(x2, dw_ih), (hprev2, dw_hh)], key=lambda pair: -pair[1].shape[1])
     tasks = [functools.partial(_kernels.weight_gradient, da2, source, out)
              for source, out in weights]
-    chunk = max(32, -(-n // (4 * nthreads)))
-    tasks += [functools.partial(_kernels.input_gradient_rows, da2, w_ih, dx2, n0, min(n, n0 + chunk))
-              for n0 in range(0, n, chunk)]
+    tasks += [functools.partial(_kernels.input_gradient_rows, da2, w_ih, dx2, n0, n1)
+              for n0, n1 in _row_chunks(n, 4 * nthreads)]
     tasks.append(functools.partial(_kernels.bias_gradient, da2, db))
     return tasks
 
