@@ -4,7 +4,9 @@
 
 For each shape it times, as compiled loops over the same arrays the backend
 uses: the whole ``NumbaBackend.forward`` (no tape); the input projection alone;
-the T recurrent products alone; the T gate passes alone. Each component is
+the T recurrent products alone; the T gate passes alone. On the packed path
+the projection is fused into the per-step products, so the parts are the
+packing of the stacked weight, the T fused products and the gate passes. Each component is
 timed with the strategy the backend picks for that shape (``rows``: one thread
 per row block, each calling a single-threaded BLAS, the packed-weight kernel
 or the hand-written product; ``blas``: numba's np.dot on one thread, i.e.
@@ -22,7 +24,7 @@ import numpy as np
 from numba import njit
 
 from polylstm import benchmarking as bm
-from polylstm_numba import _backend, _kernels
+from polylstm_numba import _backend, _kernels, _packed
 
 
 @njit(nogil=True)
@@ -52,6 +54,25 @@ def _row_steps(r0, r1, h, w_hh_t, w_hh_p, acc, T, product):
     """T recurrent products for rows r0..r1-1 as the rows path does them."""
     for _ in range(T):
         _kernels.multiply(h[r0:r1], w_hh_t, w_hh_p, acc[r0:r1], product)
+
+
+@njit(nogil=True)
+def _packed_steps(r0, r1, z, w_p, acc, T):
+    """T fused products z @ w (packed) for rows r0..r1-1, as the packed rows
+    path does them (z = [x_t | h], w = [w_ih.T; w_hh.T])."""
+    for _ in range(T):
+        _packed.matmul(z[r0:r1], w_p, acc[r0:r1])
+
+
+@njit(nogil=True)
+def _packed_gate_passes(r0, r1, acc, b, p, h, c, y, g, ct, T):
+    """T gate passes of the packed path (bias added, no projection to read)."""
+    for t in range(T):
+        for r in range(r0, r1):
+            a = acc[r]
+            for j in range(a.shape[0]):
+                a[j] += b[j]
+            _kernels._gate_row(a, p, h[r], c[r], y[t, r], g[0, r], ct[0, r])
 
 
 @njit(nogil=True)
@@ -94,6 +115,7 @@ def breakdown(shape: bm.Shape, repeats: int):
     p = np.zeros((3, H), dt)
     proj_flops = 2 * T * B * I * 4 * H
     rec_flops = 2 * T * B * H * 4 * H
+    proj_name, rec_name = "input projection", "T recurrent products"
 
     total = _median_ms(lambda: backend.forward(inp.x, inp.w_ih, inp.w_hh, inp.b, inp.h0, inp.c0,
                                                None, None, False, False), repeats)
@@ -102,23 +124,32 @@ def breakdown(shape: bm.Shape, repeats: int):
                                                    xw.reshape(T * B, 4 * H)), repeats)
         rec = _median_ms(lambda: _blas_steps(h, w_hh_t, acc, T), repeats)
     elif products == "packed":
+        # The input projection is fused into the per-step products: one
+        # product [x_t | h] @ [w_ih.T; w_hh.T] per step and block.
         path = "rows, packed products"
-        proj = _median_ms(lambda: _backend._run_tasks(
-            _backend._projection_tasks(inp.x, w_ih_t, xw, threads), threads), repeats)
-        w_hh_p = _backend._pack(w_hh_t)
-        rec = _median_ms(lambda: on_blocks(_row_steps, h, w_hh_t, w_hh_p, acc, T,
-                                           _kernels.PACKED), repeats)
+        w_p = _backend._pack_stacked(inp.w_ih, inp.w_hh)
+        z = np.zeros((B, I + H), dt)
+        proj = _median_ms(lambda: _backend._pack_stacked(inp.w_ih, inp.w_hh), repeats)
+        rec = _median_ms(lambda: on_blocks(_packed_steps, z, w_p, acc, T), repeats)
+        proj_name, rec_name, rec_flops = ("packing [w_ih.T; w_hh.T]",
+                                          "T fused products [x_t | h] @ w", proj_flops + rec_flops)
+        proj_flops = 0
     else:
         kind = _kernels.BLAS if products == "blas" else _kernels.HAND
         path = f"rows, {'BLAS' if products == 'blas' else 'hand-written'} products"
         unused = w_hh_t.reshape(1, H, 4 * H)
         proj = _median_ms(lambda: on_blocks(_row_projection, inp.x, w_ih_t, xw, kind), repeats)
         rec = _median_ms(lambda: on_blocks(_row_steps, h, w_hh_t, unused, acc, T, kind), repeats)
-    gates = _median_ms(lambda: on_blocks(_gate_passes, acc, xw, inp.b, p, h, c, y, g, ct), repeats)
+    if products == "packed":
+        gates = _median_ms(lambda: on_blocks(_packed_gate_passes, acc, inp.b, p, h, c, y, g, ct, T),
+                           repeats)
+    else:
+        gates = _median_ms(lambda: on_blocks(_gate_passes, acc, xw, inp.b, p, h, c, y, g, ct),
+                           repeats)
     return path, len(blocks), [
         ("forward (backend, no tape)", total, shape.flops("forward") / total / 1e6),
-        ("input projection", proj, proj_flops / proj / 1e6),
-        ("T recurrent products", rec, rec_flops / rec / 1e6),
+        (proj_name, proj, proj_flops / proj / 1e6),
+        (rec_name, rec, rec_flops / rec / 1e6),
         ("T gate passes", gates, None),
         ("rest (total - parts)", total - proj - rec - gates, None),
     ]

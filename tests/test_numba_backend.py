@@ -158,12 +158,24 @@ def test_packed_rows_are_chosen_for_large_float32_hidden_sizes():
         assert backend.choose_path(64, 256, 2, np.float64) == "rows"
         assert backend.choose_path(64, 252, 2, np.float64) == "blas"  # H % 8 != 0
         assert backend.choose_row_products(64, 2, 250, np.float32) == "blas"  # H % 16 != 0
-        assert backend.choose_row_products(16, 2, 128, np.float32) == "blas"  # H <= 192
+        # Small H: packed from PACKED_MIN_ROWS rows per thread.
+        assert backend.choose_row_products(32, 2, 128, np.float32) == "packed"
+        assert backend.choose_row_products(16, 2, 128, np.float32) == "blas"
+        assert backend.choose_path(32, 128, 2, np.float32) == "rows"
         forced = _backend.NumbaBackend("rows", 2, "packed")
         assert forced.choose_row_products(3, 2, 16, np.float32) == "packed"
         assert forced.choose_row_products(3, 2, 16, np.float64) == "packed"
         assert forced.choose_row_products(3, 2, 12, np.float64) == "blas"
     assert _backend._row_blocks(10, 2, whole=True) == [(0, 5), (5, 10)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_pack_transposed_stacks_weights_along_k(dtype):
+    rng = np.random.default_rng(3)
+    w_ih = rng.standard_normal((32, 5)).astype(dtype)  # (4H, I)
+    w_hh = rng.standard_normal((32, 8)).astype(dtype)  # (4H, H)
+    panels = _backend._pack_stacked(w_ih, w_hh)
+    np.testing.assert_array_equal(panels, _backend._pack(np.vstack([w_ih.T, w_hh.T])))
 
 
 def test_small_calls_stay_on_one_thread():
@@ -273,7 +285,7 @@ def test_threaded_kernels_release_the_gil():
     for dispatcher in (_kernels.forward_rows, _kernels.backward_rows,
                        _kernels.forward_blas, _kernels.backward_blas,
                        _kernels.input_gradient_rows, _kernels.weight_gradient,
-                       _kernels.bias_gradient, _kernels.project_rows):
+                       _kernels.bias_gradient, _kernels.forward_packed):
         assert dispatcher.targetoptions.get("nogil") is True, dispatcher.py_func.__name__
 
 

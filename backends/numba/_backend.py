@@ -45,6 +45,17 @@ ROWS_PATH_HAND_MAX_MACS = 1 << 20
 ROWS_PATH_SMALL_BLOCK_MAX_MACS = 1 << 17
 
 
+#: Up to ROWS_PATH_MAX_H, the packed kernel (with the input projection fused
+#: into it) is used from this many rows per thread; below it the blocks'
+#: single-threaded BLAS calls are as fast or faster. Packed / BLAS rows time,
+#: 2 threads, forward and fwd+bwd: float32 T100-B8-H192 (4 rows per thread)
+#: 1.03 and 1.04, T100-B16-H128 (8 rows) 0.97-1.13 and 1.01-1.02,
+#: T100-B32-H128 0.94 and 0.96, T100-B64-H128 0.92 and 0.96, T100-B64-H192
+#: 0.83 and 0.98, T50-B512-H128 0.67 and 0.94; float64 T100-B16-H128 1.03
+#: and 1.03, T100-B32-H192 0.95 and 0.96.
+PACKED_MIN_ROWS = 16
+
+
 #: Below this many multiply-adds per forward call (T*B*4H*(I+H)), one thread
 #: does the whole call: handing work to a pool thread costs ~90 us (median;
 #: 260 us at the 90th percentile) on the 2-core box, more than a second core
@@ -127,18 +138,6 @@ def _row_chunks(n, pieces):
     return [(n0, min(n, n0 + chunk)) for n0 in range(0, n, chunk)]
 
 
-def _projection_tasks(x, w_ih_t, xw, nthreads):
-    """The input projection xw = x @ w_ih_t of all steps as row-chunk tasks
-    for ``_run_tasks``, about two per thread.
-    x: (T, B, I)  w_ih_t: (I, 4H)  xw: (T, B, 4H) out."""
-    T, B, I = x.shape
-    n = T * B
-    x2 = x.reshape(n, I)
-    xw2 = xw.reshape(n, xw.shape[2])
-    return [functools.partial(_kernels.project_rows, x2, w_ih_t, xw2, n0, n1)
-            for n0, n1 in _row_chunks(n, 2 * nthreads)]
-
-
 def _gradient_tasks(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db, nthreads):
     """The products of ``_kernels.backward_products`` as tasks for
     ``_run_tasks``, largest first: dw_ih and dw_hh whole, dx in row chunks
@@ -212,7 +211,10 @@ class NumbaBackend(Backend):
         block_rows = _row_blocks(B, nthreads)[0][1]
         if not _blas_threads.available() or block_rows < BLOCK_ROWS:
             return "hand"
-        return "packed" if packable and H > ROWS_PATH_MAX_H else "blas"
+        rows_per_thread = -(-B // max(1, nthreads))
+        if packable and (H > ROWS_PATH_MAX_H or rows_per_thread >= PACKED_MIN_ROWS):
+            return "packed"
+        return "blas"
 
     def _threads(self):
         return self.threads if self.threads is not None else numba.get_num_threads()
@@ -250,8 +252,6 @@ class NumbaBackend(Backend):
         alloc = np.zeros if lengths is not None else np.empty
         lengths = _lengths(lengths, T, B)
         p = _peephole(peephole, H, dtype)
-
-        w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 4H): rows feed the vectorised loop
         y = alloc((T, B, H), dtype)
         if store:
             gates = alloc((T, B, 4 * H), dtype)
@@ -259,6 +259,21 @@ class NumbaBackend(Backend):
         else:  # per-step scratch, overwritten every step
             gates = np.empty((1, B, 4 * H), dtype)
             ctape = np.empty((1, B, H), dtype)
+        h = h0.copy()
+        c = c0.copy()
+        acc = np.empty((B, 4 * H), dtype)
+        reverse = bool(reverse)
+        nthreads = self.threads_for(T, B, I, H)
+        rows = self.choose_path(B, H, nthreads, dtype) == "rows"
+        products = self.choose_row_products(B, nthreads, H, dtype) if rows else None
+        if products == "packed":
+            # The input projection is fused into the per-step products: no
+            # (T, B, 4H) projection buffer.
+            w_p = _pack_stacked(w_ih, w_hh)
+            z = np.empty((B, I + H), dtype)
+            _run_blocks(_forward_packed_block, _row_blocks(B, nthreads, whole=True), nthreads,
+                        x, b, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc)
+            return _forward_output(y, h, c, gates, ctape, store)
         if store and alloc is np.empty:
             # The input projection x @ w_ih.T goes straight into the gate tape:
             # the gate pass of step t reads its row, then overwrites it with the
@@ -267,32 +282,16 @@ class NumbaBackend(Backend):
             xw = gates
         else:
             xw = np.empty((T, B, 4 * H), dtype)
-        h = h0.copy()
-        c = c0.copy()
-        acc = np.empty((B, 4 * H), dtype)
-        reverse = bool(reverse)
-        nthreads = self.threads_for(T, B, I, H)
-        if self.choose_path(B, H, nthreads, dtype) == "rows":
+        w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 4H): rows feed the vectorised loop
+        if rows:
             w_ih_t = np.ascontiguousarray(w_ih.T)  # (I, 4H)
-            products = self.choose_row_products(B, nthreads, H, dtype)
-            # The packed path projects beforehand (below), so only w_hh is
-            # packed; otherwise an unused array of the right rank and dtype.
-            w_hh_p = _pack(w_hh_t) if products == "packed" else w_hh_t.reshape(1, H, 4 * H)
-            # With one block per thread (packed), the projection of all steps
-            # first, as row chunks of one product on the threads: per step it
-            # would be a 1/nthreads-of-the-batch product.
-            projected = products == "packed"
-            if projected:
-                _run_tasks(_projection_tasks(x, w_ih_t, xw, nthreads), nthreads)
-            _run_blocks(_forward_block, _row_blocks(B, nthreads, products == "packed"), nthreads,
-                        x, w_ih_t, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates,
-                        ctape, xw, acc, _PRODUCT[products], projected)
+            _run_blocks(_forward_block, _row_blocks(B, nthreads), nthreads,
+                        x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gates,
+                        ctape, xw, acc, _PRODUCT[products])
         else:
             _kernels.forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse,
                                   h, c, y, gates, ctape, xw, acc)
-        if not store:
-            return ForwardOutput(y=y, h_n=h, c_n=c)
-        return ForwardOutput(y=y, h_n=h, c_n=c, gates=gates, c=ctape)
+        return _forward_output(y, h, c, gates, ctape, store)
 
     def backward(self, tape, dy, dh_n, dc_n):
         """dy: (T, B, H)  dh_n, dc_n: (B, H). Returns Gradients."""
@@ -353,6 +352,30 @@ def _pack(w):
     panels = np.empty((N // width, K, width), w.dtype)
     _packed.pack(w, panels)
     return panels
+
+
+def _pack_stacked(w_ih, w_hh):
+    """[w_ih.T; w_hh.T] (I+H, 4H) packed for ``_packed.matmul``: (4H/L, I+H, L),
+    L = ``_packed.PANEL`` of the dtype. w_ih: (4H, I)  w_hh: (4H, H)."""
+    G, I = w_ih.shape
+    H = w_hh.shape[1]
+    width = _packed.PANEL[w_ih.dtype.name]
+    panels = np.empty((G // width, I + H, width), w_ih.dtype)
+    _packed.pack_transposed(np.ascontiguousarray(w_ih), panels, 0)
+    _packed.pack_transposed(np.ascontiguousarray(w_hh), panels, I)
+    return panels
+
+
+def _forward_output(y, h, c, gates, ctape, store):
+    """ForwardOutput; the tape (gates (T, B, 4H), c (T, B, H)) only when ``store``."""
+    if not store:
+        return ForwardOutput(y=y, h_n=h, c_n=c)
+    return ForwardOutput(y=y, h_n=h, c_n=c, gates=gates, c=ctape)
+
+
+def _forward_packed_block(r0, r1, k, *args):
+    """_run_blocks adapter: the forward kernel takes no block index."""
+    _kernels.forward_packed(r0, r1, *args)
 
 
 def _forward_block(r0, r1, k, *args):

@@ -147,17 +147,27 @@ def _cell_forward_row(a, xr, b, p, hr, cr, yr, gr, ctr):
     b:  (4H,) bias (added here rather than in a pass over the projection)
     ``a`` is overwritten with the pre-activations. ``xr`` may be the same
     memory as ``gr`` (the projection kept in the gate tape): it is read only
-    in the first loop, before ``gr`` is written.
+    in the first loop, before ``gr`` is written. Other arguments as
+    ``_gate_row``.
+    """
+    # Separate short loop: with ``xr`` and ``b`` also read in the gate loop,
+    # LLVM needs more runtime alias checks than it allows and gives up
+    # vectorising it (measured: 10x slower).
+    for j in range(a.shape[0]):
+        a[j] += xr[j] + b[j]
+    _gate_row(a, p, hr, cr, yr, gr, ctr)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _gate_row(a, p, hr, cr, yr, gr, ctr):
+    """The gates of one sequence at one step, from its pre-activations.
+
+    a:  (4H,) pre-activations (i f g o blocks; input, recurrent and bias terms)
     p:  (3, H) peepholes (zeros when the call has none)
     hr, cr: (H,) state, updated in place.  yr: (H,) output row.
     gr: (4H,) post-activation gates out.   ctr: (H,) cell state out.
     """
     H = hr.shape[0]
-    # Separate short loop: with ``xr`` and ``b`` also read in the loop below,
-    # LLVM needs more runtime alias checks than it allows and gives up
-    # vectorising it (measured: 10x slower).
-    for j in range(4 * H):
-        a[j] += xr[j] + b[j]
     pi = p[0]
     pf = p[1]
     po = p[2]
@@ -180,11 +190,9 @@ def _cell_forward_row(a, xr, b, p, hr, cr, yr, gr, ctr):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates, ctape,
+def _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape,
                    acc, product):
-    """Time loop for batch rows r0..r1-1; ``product``: HAND, BLAS or PACKED
-    (then ``w_hh_p`` = ``_packed.pack(w_hh_t)``, (4H/16, H, 16); otherwise
-    any float array of that rank).
+    """Time loop for batch rows r0..r1-1; ``product``: HAND or BLAS.
 
     xw: (T, B, 4H) input projection x @ w_ih.T.   b: (4H,) bias.
     w_hh_t: (H, 4H) = w_hh.T, C order.
@@ -196,10 +204,11 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, 
     """
     T = xw.shape[0]
     keep = gates.shape[0] == T
+    unused = w_hh_t.reshape(1, w_hh_t.shape[0], w_hh_t.shape[1])  # no packed weight
     for s in range(T):
         t = T - 1 - s if reverse else s
         tt = t if keep else 0
-        multiply(h[r0:r1], w_hh_t, w_hh_p, acc[r0:r1], product)
+        multiply(h[r0:r1], w_hh_t, unused, acc[r0:r1], product)
         for r in range(r0, r1):
             if t < lengths[r]:
                 _cell_forward_row(acc[r], xw[t, r], b, p, h[r], c[r], y[t, r],
@@ -207,8 +216,8 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def forward_rows(r0, r1, x, w_ih_t, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y,
-                 gates, ctape, xw, acc, product, projected):
+def forward_rows(r0, r1, x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, xw,
+                 acc, product):
     """Whole forward for batch rows r0..r1-1; releases the GIL so the caller
     runs one row block per thread.
 
@@ -216,33 +225,54 @@ def forward_rows(r0, r1, x, w_ih_t, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c
     xw: (T, B, 4H) scratch for the input projection (this block's rows).
     Other arguments as ``_forward_steps``. ``product`` (``multiply``): BLAS
     calls, which the caller has made single-threaded for this thread
-    (``_blas_threads``); PACKED, the micro-kernel on ``w_hh_p``; or HAND, the
-    hand-written kernel, as a multi-threaded BLAS here would wake BLAS's
-    thread pool, whose spinning workers then compete with the other row
-    blocks' threads. The input projection of all steps is done first, one
-    product per step over the block's rows, unless ``projected`` (the caller
-    has already filled ``xw`` with ``project_rows``, as it does for PACKED;
-    otherwise the projection of a PACKED call runs on BLAS).
+    (``_blas_threads``), or HAND, the hand-written kernel, as a
+    multi-threaded BLAS here would wake BLAS's thread pool, whose spinning
+    workers then compete with the other row blocks' threads (the packed
+    kernel has its own loop, ``forward_packed``). The input projection of
+    all steps is done first, one product per step over the block's rows.
     """
     T, B, I = x.shape
     G = xw.shape[2]
-    kind = BLAS if product == PACKED else product  # no packed w_ih here
-    if projected:
-        pass
-    elif r1 - r0 == B:  # all rows: (T*B, I) is one contiguous matrix, one product
-        multiply(x.reshape(T * B, I), w_ih_t, w_hh_p, xw.reshape(T * B, G), kind)
+    unused = w_hh_t.reshape(1, w_hh_t.shape[0], G)  # no packed weight here
+    if r1 - r0 == B:  # all rows: (T*B, I) is one contiguous matrix, one product
+        multiply(x.reshape(T * B, I), w_ih_t, unused, xw.reshape(T * B, G), product)
     else:
         for t in range(T):
-            multiply(x[t, r0:r1], w_ih_t, w_hh_p, xw[t, r0:r1], kind)
-    _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates, ctape,
-                   acc, product)
+            multiply(x[t, r0:r1], w_ih_t, unused, xw[t, r0:r1], product)
+    _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc,
+                   product)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def project_rows(x2, w_ih_t, xw2, n0, n1):
-    """xw2[n0:n1] = x2[n0:n1] @ w_ih_t: a chunk of the input projection of all
-    steps.   x2: (T*B, I)   w_ih_t: (I, 4H)   xw2: (T*B, 4H)"""
-    np.dot(x2[n0:n1], w_ih_t, xw2[n0:n1])
+@njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
+def forward_packed(r0, r1, x, b, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc):
+    """Whole forward for batch rows r0..r1-1 on the packed kernel, the input
+    projection fused into the per-step product (GIL released: one row block
+    per thread).
+
+    Each step multiplies z = [x_t | h_{t-1}] (rows, I+H) by the stacked
+    weight [w_ih.T; w_hh.T] (I+H, 4H), packed once per call:
+    w_p = ``_packed.pack_transposed`` of w_ih then w_hh, (4H/L, I+H, L).
+    No (T, B, 4H) projection buffer is written and read back: at
+    T100-B64-H512 that buffer is 52 MB, beyond L3, first touched (page
+    faults) on every call.
+
+    x: (T, B, I)   b: (4H,)   z: (B, I+H) scratch   acc: (B, 4H) scratch.
+    Other arguments as ``_forward_steps``.
+    """
+    T, B, I = x.shape
+    keep = gates.shape[0] == T
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        tt = t if keep else 0
+        z[r0:r1, :I] = x[t, r0:r1]
+        z[r0:r1, I:] = h[r0:r1]
+        _packed.matmul(z[r0:r1], w_p, acc[r0:r1])
+        for r in range(r0, r1):
+            if t < lengths[r]:
+                a = acc[r]
+                for j in range(a.shape[0]):
+                    a[j] += b[j]
+                _gate_row(a, p, h[r], c[r], y[t, r], gates[tt, r], ctape[tt, r])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -258,8 +288,7 @@ def forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape,
     G = xw.shape[2]
     xw2 = xw.reshape(T * B, G)
     np.dot(x.reshape(T * B, I), w_ih.T, xw2)
-    _forward_steps(0, B, xw, b, w_hh_t, w_hh_t.reshape(1, w_hh_t.shape[0], w_hh_t.shape[1]), p,
-                   lengths, reverse, h, c, y, gates, ctape, acc, BLAS)
+    _forward_steps(0, B, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc, BLAS)
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -302,7 +331,9 @@ def _cell_backward_row(dhr, dcr, dyr, gr, ctr, cpr, p, dar, dp):
 def _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, y, gates, ctape,
                     dh, dc, da, hprev, dp, tmp, product):
     """BPTT time loop for batch rows r0..r1-1; ``product`` as in
-    ``_forward_steps``, with ``w_hh_p`` = ``_packed.pack(w_hh)``, (H/16, 4H, 16).
+    ``_forward_steps``, or PACKED with ``w_hh_p`` = ``_packed.pack(w_hh)``,
+    (H/L, 4H, L), L = ``_packed.PANEL`` of the dtype (otherwise any float
+    array of that rank).
 
     dy: (T, B, H)   w_hh: (4H, H)   p: (3, H)   lengths: (B,)   h0, c0: (B, H)
     y, ctape: (T, B, H) and gates: (T, B, 4H) from the tape.

@@ -142,6 +142,20 @@ def pack(w, wp):
 
 
 @njit(cache=True, nogil=True)
+def pack_transposed(w, wp, k0):
+    """wp[:, k0:k0+K, :] = the (K, N) matrix w.T in L-column panels, for
+    w (N, K) C-contiguous and L = wp.shape[2]: stacks weights stored
+    (out, in), such as an LSTM's (4H, I), along K without a transposed copy."""
+    N, K = w.shape
+    L = wp.shape[2]
+    for p in range(N // L):
+        for j in range(L):
+            row = w[p * L + j]
+            for k in range(K):
+                wp[p, k0 + k, j] = row[k]
+
+
+@njit(cache=True, nogil=True)
 def matmul(a, wp, c):
     """c (M, N) = a (M, K) @ w, where wp = pack(w); C-contiguous, one float
     dtype, N = L * wp.shape[0] with L = wp.shape[2] = PANEL[dtype],
