@@ -130,9 +130,12 @@ def test_large_batch_uses_more_than_the_leftover_rows(products):
         np.testing.assert_allclose(rows[name], blas[name], rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+# M covers every way rows are tiled (6- and 4-row tiles, then 1, 2 or 3 rows
+# left over), N panel counts with and without panels beyond the 1 x 6 tiles.
 @pytest.mark.parametrize("M,K,N", [(1, 1, 16), (5, 3, 16), (7, 130, 48), (32, 256, 1024),
                                    (9, 64, 32), (13, 17, 16), (38, 40, 64), (4, 8, 16),
-                                   (6, 5, 32)])
+                                   (6, 5, 32), (1, 33, 112), (2, 40, 112), (3, 9, 80),
+                                   (2, 7, 96), (3, 12, 64), (7, 5, 208)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_packed_product_matches_a_float64_product(M, K, N, dtype):
     from polylstm_numba import _packed

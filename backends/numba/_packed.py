@@ -39,11 +39,13 @@ PANEL = {"float32": 16, "float64": 8}
 _LANES = {"float32": 8, "float64": 4}
 
 
-def _tile_intrinsic(rows):
-    """An intrinsic ``tile(a, m0, wp, p, c)``: c[m0:m0+rows, Lp:Lp+L] =
-    a[m0:m0+rows, :] @ wp[p] for C-contiguous a (M, K), wp (P, K, L), c (M, N)
-    of one float dtype, L = PANEL[dtype]. K >= 1 (the callers never pass an
-    empty product)."""
+def _tile_intrinsic(rows, panels=1):
+    """An intrinsic ``tile(a, m0, wp, p, c)``: for each of the ``panels``
+    panels q = p .. p+panels-1, c[m0:m0+rows, qL:qL+L] = a[m0:m0+rows, :] @ wp[q],
+    for C-contiguous a (M, K), wp (P, K, L), c (M, N) of one float dtype,
+    L = PANEL[dtype]. The tile keeps 2 * rows * panels vector accumulators in
+    registers for the whole K loop. K >= 1 (the callers never pass an empty
+    product)."""
 
     @intrinsic
     def tile(typingctx, a, m0, wp, p, c):
@@ -73,7 +75,9 @@ def _tile_intrinsic(rows):
             N = builder.extract_value(C.shape, 1)
             a_rows = [builder.gep(A.data, [builder.mul(builder.add(m0_v, const(i)), K)])
                       for i in range(rows)]
-            panel = builder.gep(W.data, [builder.mul(p_v, builder.mul(K, const(panel_width)))])
+            panel_size = builder.mul(K, const(panel_width))
+            panel_starts = [builder.gep(W.data, [builder.mul(builder.add(p_v, const(q)), panel_size)])
+                            for q in range(panels)]
             suffix = f"v{lanes}f{32 if name == 'float32' else 64}"
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.{suffix}")
@@ -89,20 +93,24 @@ def _tile_intrinsic(rows):
             builder.position_at_end(loop)
             k = builder.phi(i64)
             k.add_incoming(const(0), entry)
-            accs = [builder.phi(vec) for _ in range(2 * rows)]
+            # accs[(i * panels + q) * 2 + h]: row i, panel q, half h of the panel.
+            accs = [builder.phi(vec) for _ in range(2 * rows * panels)]
             for acc in accs:
                 acc.add_incoming(zero, entry)
-            wk = builder.gep(panel, [builder.mul(k, const(panel_width))])
-            w_lo = builder.load(builder.bitcast(wk, vec.as_pointer()), align=align)
-            w_hi = builder.load(builder.bitcast(builder.gep(wk, [const(lanes)]), vec.as_pointer()),
-                                align=align)
+            offset = builder.mul(k, const(panel_width))
+            w_halves = []
+            for start in panel_starts:
+                wk = builder.gep(start, [offset])
+                w_halves.append(builder.load(builder.bitcast(wk, vec.as_pointer()), align=align))
+                w_halves.append(builder.load(
+                    builder.bitcast(builder.gep(wk, [const(lanes)]), vec.as_pointer()), align=align))
             new = []
             for i in range(rows):
                 aik = builder.load(builder.gep(a_rows[i], [k]))
                 broadcast = builder.shuffle_vector(
                     builder.insert_element(undef, aik, ir.Constant(i32, 0)), undef, splat)
-                new.append(builder.call(fma, [broadcast, w_lo, accs[2 * i]]))
-                new.append(builder.call(fma, [broadcast, w_hi, accs[2 * i + 1]]))
+                for h, w_half in enumerate(w_halves):
+                    new.append(builder.call(fma, [broadcast, w_half, accs[2 * i * panels + h]]))
             k_next = builder.add(k, const(1))
             body_end = builder.block
             k.add_incoming(k_next, body_end)
@@ -110,14 +118,15 @@ def _tile_intrinsic(rows):
                 acc.add_incoming(value, body_end)
             builder.cbranch(builder.icmp_signed("<", k_next, K), loop, done)
             builder.position_at_end(done)
-            column = builder.mul(p_v, const(panel_width))
             for i in range(rows):
-                row = builder.gep(C.data, [builder.add(
-                    builder.mul(builder.add(m0_v, const(i)), N), column)])
-                builder.store(new[2 * i], builder.bitcast(row, vec.as_pointer()), align=align)
-                builder.store(new[2 * i + 1],
-                              builder.bitcast(builder.gep(row, [const(lanes)]), vec.as_pointer()),
-                              align=align)
+                row_start = builder.mul(builder.add(m0_v, const(i)), N)
+                for q in range(panels):
+                    column = builder.mul(builder.add(p_v, const(q)), const(panel_width))
+                    out = builder.gep(C.data, [builder.add(row_start, column)])
+                    for h in range(2):
+                        target = builder.gep(out, [const(h * lanes)]) if h else out
+                        builder.store(new[2 * (i * panels + q) + h],
+                                      builder.bitcast(target, vec.as_pointer()), align=align)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -125,8 +134,14 @@ def _tile_intrinsic(rows):
     return tile
 
 
+# Full-height tiles: one panel, 6 or 4 rows (12 or 8 accumulators).
 _tile6 = _tile_intrinsic(6)
 _tile4 = _tile_intrinsic(4)
+# The 1-3 rows left over (an odd M; every row when M <= 3), one at a time in
+# tiles that span six panels, so that they too keep twelve accumulators (a
+# 1 x 16 tile alone waits on its two FMA chains), and 1 x 16 for the panels
+# beyond a multiple of six.
+_tile1x6 = _tile_intrinsic(1, 6)
 _tile1 = _tile_intrinsic(1)
 
 
@@ -148,11 +163,16 @@ def pack_transposed(w, wp, k0):
     (out, in), such as an LSTM's (4H, I), along K without a transposed copy."""
     N, K = w.shape
     L = wp.shape[2]
+    # Blocks of 64 k: the L source rows' blocks stay in L1 while the panel is
+    # written in order (2x faster than walking a source row at a time).
+    KB = 64
     for p in range(N // L):
-        for j in range(L):
-            row = w[p * L + j]
-            for k in range(K):
-                wp[p, k0 + k, j] = row[k]
+        rows = w[p * L:(p + 1) * L]
+        for kb in range(0, K, KB):
+            for k in range(kb, min(K, kb + KB)):
+                out = wp[p, k0 + k]
+                for j in range(L):
+                    out[j] = rows[j, k]
 
 
 @njit(cache=True, nogil=True)
@@ -163,9 +183,10 @@ def matmul(a, wp, c):
     next one, so it stays in L1.
 
     Rows go in 6-row tiles (12 accumulators, the latency slack that 8 lack),
-    then up to two 4-row tiles chosen so that as few rows as possible are
-    left for the slower one-row tile (M = 32: four 6-row and two 4-row
-    tiles)."""
+    then up to two 4-row tiles chosen so that at most 3 rows are left (M = 32:
+    four 6-row and two 4-row tiles). Those 1-3 rows (for M <= 3 every row:
+    a batch of one per thread) go one at a time in 1 x 6-panel tiles, which
+    also keep twelve accumulators."""
     M = a.shape[0]
     n4 = 0
     best = M % 6
@@ -175,12 +196,18 @@ def matmul(a, wp, c):
             best = (M - 4 * k) % 6
     M6 = (M - 4 * n4) // 6 * 6
     M4 = M6 + 4 * n4
-    for p in range(wp.shape[0]):
-        for m0 in range(0, M6, 6):
-            _tile6(a, m0, wp, p, c)
-        for m0 in range(M6, M4, 4):
-            _tile4(a, m0, wp, p, c)
-        for m0 in range(M4, M):
+    P = wp.shape[0]
+    if M4 > 0:
+        for p in range(P):
+            for m0 in range(0, M6, 6):
+                _tile6(a, m0, wp, p, c)
+            for m0 in range(M6, M4, 4):
+                _tile4(a, m0, wp, p, c)
+    P6 = P - P % 6
+    for m0 in range(M4, M):  # 0..3 rows for every M
+        for p in range(0, P6, 6):
+            _tile1x6(a, m0, wp, p, c)
+        for p in range(P6, P):
             _tile1(a, m0, wp, p, c)
 
 
