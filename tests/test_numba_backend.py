@@ -181,6 +181,17 @@ def test_pack_transposed_stacks_weights_along_k(dtype):
     np.testing.assert_array_equal(panels, _backend._pack(np.vstack([w_ih.T, w_hh.T])))
 
 
+
+def test_remembered_plans_follow_the_settings():
+    backend = _backend.NumbaBackend(threads=2)
+    f32 = np.dtype(np.float32)
+    if _blas_threads.available():
+        assert backend._plan(100, 64, 128, 128, f32) == (2, True, "packed")
+        backend.row_products = "blas"  # a changed setting is a new plan, not the remembered one
+        assert backend._plan(100, 64, 128, 128, f32) == (2, True, "blas")
+    backend.path = "blas"
+    assert backend._plan(100, 64, 128, 128, f32) == (2, False, None)
+
 def test_small_calls_stay_on_one_thread():
     auto = _backend.NumbaBackend()
     assert auto.threads_for(5, 3, 4, 2) == 1
