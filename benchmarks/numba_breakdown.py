@@ -72,7 +72,7 @@ def _packed_gate_passes(r0, r1, acc, b, p, h, c, y, g, ct, T):
             a = acc[r]
             for j in range(a.shape[0]):
                 a[j] += b[j]
-            _kernels._gate_row(a, p, h[r], c[r], y[t, r], g[0, r], ct[0, r])
+            _kernels._gate_row(a, p, h[r], c[r], y[t, r], g[0, r], ct[0, r], False)
 
 
 @njit(nogil=True)
@@ -80,7 +80,8 @@ def _gate_passes(r0, r1, acc, xw, b, p, h, c, y, g, ct):
     """T gate passes (the cell) for rows r0..r1-1, no products."""
     for t in range(xw.shape[0]):
         for r in range(r0, r1):
-            _kernels._cell_forward_row(acc[r], xw[t, r], b, p, h[r], c[r], y[t, r], g[0, r], ct[0, r])
+            _kernels._cell_forward_row(acc[r], xw[t, r], b, p, h[r], c[r], y[t, r], g[0, r], ct[0, r],
+                                      False)
 
 
 def _median_ms(function, repeats):

@@ -274,7 +274,7 @@ class NumbaBackend(Backend):
         if store:
             gates = alloc((T, B, 4 * H), dtype)
             ctape = alloc((T, B, H), dtype)
-        else:  # per-step scratch, overwritten every step
+        else:  # placeholders: without a tape the kernels write no gates
             gates = np.empty((1, B, 4 * H), dtype)
             ctape = np.empty((1, B, H), dtype)
         h = h0.copy()
