@@ -171,11 +171,13 @@ class NumbaBackend(Backend):
     backward loop are split over the same threads; needs scipy's OpenBLAS >=
     0.3.27, see ``_blas_threads``), ``"packed"`` (as ``"blas"``, but the
     per-step products run the micro-kernel of ``_packed`` on weights packed
-    once per call, one row block per thread; H a multiple of 16 for float32,
-    of 8 for float64, else ``"blas"``), ``"hand"`` (the hand-written product in the loops, one
-    multi-threaded BLAS call per gradient), or None: ``"packed"`` where it
-    applies and H > ``ROWS_PATH_MAX_H``, else ``"blas"`` where available and
-    the row blocks have at least ``BLOCK_ROWS`` rows, else ``"hand"``
+    once per call, with the input projection fused into the forward's, one
+    row block per thread; H a multiple of 16 for float32, of 8 for float64,
+    else ``"blas"``), ``"hand"`` (the hand-written product in the loops, one
+    multi-threaded BLAS call per gradient), or None: where the row blocks
+    have at least ``BLOCK_ROWS`` rows and per-thread BLAS is available,
+    ``"packed"`` where it applies and H > ``ROWS_PATH_MAX_H`` or a thread has
+    at least ``PACKED_MIN_ROWS`` rows, else ``"blas"``; otherwise ``"hand"``
     (measured: for one-row blocks the hand-written product and the
     multi-threaded gradient call are faster).
     """

@@ -14,30 +14,30 @@ own ``lengths[b] - 1``.
 
 Two ways to run the recurrence, chosen by the caller per call:
 
-* **rows** (``*_rows``): the batch is cut into contiguous row blocks, one per
-  thread; each thread runs the whole time loop for its rows, calling a
-  single-threaded BLAS, the packed-weight micro-kernel of ``_packed``
-  (large H), or, where scipy's BLAS cannot be made single-threaded
-  per thread, a hand-written product. Rows of different blocks never
-  interact, so there is no per-step synchronisation and no BLAS thread pool;
-  good for small and medium shapes where one step is microseconds of work,
-  and with the packed kernel for large ones (blocks of fewer than 4
-  rows keep the hand-written product: measured faster for one-row blocks).
-  The threads are plain Python threads calling these GIL-free functions
-  (see ``_backend``), not numba's ``parallel=True``: its OpenMP layer
-  spin-waits, which on a 2-core machine shared with other work made one call
-  16x slower.
+* **rows** (``forward_rows``, ``forward_packed``, ``backward_rows``): the
+  batch is cut into contiguous row blocks; each thread runs the whole time
+  loop for its blocks, calling a single-threaded BLAS, the packed-weight
+  micro-kernel of ``_packed`` (one block per thread, so that a weight panel
+  serves all the thread's rows), or, where scipy's BLAS cannot be made
+  single-threaded per thread, a hand-written product. Rows of different
+  blocks never interact, so there is no per-step synchronisation and no BLAS
+  thread pool (blocks of fewer than 4 rows keep the hand-written product:
+  measured faster for one-row blocks). The threads are plain Python threads
+  calling these GIL-free functions (see ``_backend``), not numba's
+  ``parallel=True``: its OpenMP layer spin-waits, which on a 2-core machine
+  shared with other work made one call 16x slower.
 * **blas** (``*_blas``): one thread walks time; the per-step product is one
   BLAS GEMM over the whole batch (``np.dot`` with ``out``, so no allocation),
   using BLAS's own threads. For large shapes the packed kernel cannot take
   (H not a multiple of its panel width).
 
-Either way the input projection ``x @ w_ih.T`` of all steps is computed before
-the time loop (per row block on the rows path, or by the caller in row chunks
-on the threads for the packed kernel; one BLAS GEMM on the BLAS path), and
-after the backward loop ``dx``, ``dw_ih``, ``dw_hh`` and ``db`` are products
-over all steps (``backward_products``, or its pieces run on several
-threads): only ``dh_{t-1} = da_t @ w_hh`` is sequential.
+The input projection ``x @ w_ih.T`` is fused into the per-step product on
+the packed kernel (``forward_packed``: ``[x_t | h] @ [w_ih.T; w_hh.T]``);
+elsewhere it is computed for all steps before the time loop (per row block,
+or one BLAS GEMM on the BLAS path). After the backward loop ``dx``,
+``dw_ih``, ``dw_hh`` and ``db`` are products over all steps
+(``backward_products``, or its pieces run on several threads): only
+``dh_{t-1} = da_t @ w_hh`` is sequential.
 """
 
 import numpy as np
