@@ -51,8 +51,9 @@ ROWS_PATH_SMALL_BLOCK_MAX_MACS = 1 << 17
 #: 2 threads, forward and fwd+bwd: float32 T100-B8-H192 (4 rows per thread)
 #: 1.03 and 1.04, T100-B16-H128 (8 rows) 0.97-1.13 and 1.01-1.02,
 #: T100-B32-H128 0.94 and 0.96, T100-B64-H128 0.92 and 0.96, T100-B64-H192
-#: 0.83 and 0.98, T50-B512-H128 0.67 and 0.94; float64 T100-B16-H128 1.03
-#: and 1.03, T100-B32-H192 0.95 and 0.96.
+#: 0.83 and 0.98, T50-B512-H128 0.67 and 0.94, T100-B64-I2-H32 (the demo)
+#: 0.71 and 0.84; float64 T100-B16-H128 1.03 and 1.03, T100-B32-H192 0.95
+#: and 0.96.
 PACKED_MIN_ROWS = 16
 
 
