@@ -4,13 +4,13 @@
 
 For each shape it times, as compiled loops over the same arrays the backend
 uses: the whole ``NumbaBackend.forward`` (no tape); the input projection alone;
-the T recurrent products alone; the T gate passes alone. On the packed path
+the T recurrent products alone; the T gate passes alone. (On the packed path
 the projection is fused into the per-step products, so the parts are the
-packing of the stacked weight, the T fused products and the gate passes. Each component is
-timed with the strategy the backend picks for that shape (``rows``: one thread
-per row block, each calling a single-threaded BLAS, the packed-weight kernel
-or the hand-written product; ``blas``: numba's np.dot on one thread, i.e.
-scipy's multi-threaded OpenBLAS). Medians in ms, and GFLOP/s for the
+packing of the stacked weight, the T fused products and the gate passes.)
+Each component is timed with the strategy the backend picks for that shape
+(``rows``: one thread per row block, each calling a single-threaded BLAS, the
+packed-weight kernel or the hand-written product; ``blas``: numba's np.dot on
+one thread, i.e. scipy's multi-threaded OpenBLAS). Medians in ms, and GFLOP/s for the
 products. This is the evidence for the "what limits it" notes in
 docs/benchmarks.md.
 """
@@ -80,8 +80,8 @@ def _gate_passes(r0, r1, acc, xw, b, p, h, c, y, g, ct):
     """T gate passes (the cell) for rows r0..r1-1, no products."""
     for t in range(xw.shape[0]):
         for r in range(r0, r1):
-            _kernels._cell_forward_row(acc[r], xw[t, r], b, p, h[r], c[r], y[t, r], g[0, r], ct[0, r],
-                                      False)
+            _kernels._cell_forward_row(acc[r], xw[t, r], b, p, h[r], c[r], y[t, r], g[0, r],
+                                       ct[0, r], False)
 
 
 def _median_ms(function, repeats):

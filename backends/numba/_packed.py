@@ -76,8 +76,9 @@ def _tile_intrinsic(rows, panels=1):
             a_rows = [builder.gep(A.data, [builder.mul(builder.add(m0_v, const(i)), K)])
                       for i in range(rows)]
             panel_size = builder.mul(K, const(panel_width))
-            panel_starts = [builder.gep(W.data, [builder.mul(builder.add(p_v, const(q)), panel_size)])
-                            for q in range(panels)]
+            panel_starts = [
+                builder.gep(W.data, [builder.mul(builder.add(p_v, const(q)), panel_size)])
+                for q in range(panels)]
             suffix = f"v{lanes}f{32 if name == 'float32' else 64}"
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.{suffix}")
@@ -102,8 +103,8 @@ def _tile_intrinsic(rows, panels=1):
             for start in panel_starts:
                 wk = builder.gep(start, [offset])
                 w_halves.append(builder.load(builder.bitcast(wk, vec.as_pointer()), align=align))
-                w_halves.append(builder.load(
-                    builder.bitcast(builder.gep(wk, [const(lanes)]), vec.as_pointer()), align=align))
+                high = builder.bitcast(builder.gep(wk, [const(lanes)]), vec.as_pointer())
+                w_halves.append(builder.load(high, align=align))
             new = []
             for i in range(rows):
                 aik = builder.load(builder.gep(a_rows[i], [k]))
