@@ -132,8 +132,9 @@ def breakdown(shape: bm.Shape, repeats: int):
         z = np.zeros((B, I + H), dt)
         proj = _median_ms(lambda: _backend._pack_stacked(inp.w_ih, inp.w_hh), repeats)
         rec = _median_ms(lambda: on_blocks(_packed_steps, z, w_p, acc, T), repeats)
-        proj_name, rec_name, rec_flops = ("packing [w_ih.T; w_hh.T]",
-                                          "T fused products [x_t | h] @ w", proj_flops + rec_flops)
+        proj_name = "packing [w_ih.T; w_hh.T]"
+        rec_name = "T fused products (input + recurrent)"
+        rec_flops += proj_flops
         proj_flops = 0
     else:
         kind = _kernels.BLAS if products == "blas" else _kernels.HAND
