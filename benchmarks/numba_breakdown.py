@@ -69,10 +69,7 @@ def _packed_gate_passes(r0, r1, acc, b, p, h, c, y, g, ct, T):
     """T gate passes of the packed path (bias added, no projection to read)."""
     for t in range(T):
         for r in range(r0, r1):
-            a = acc[r]
-            for j in range(a.shape[0]):
-                a[j] += b[j]
-            _kernels._gate_row(a, p, h[r], c[r], y[t, r], g[0, r], ct[0, r], False)
+            _kernels._biased_gate_row(acc[r], b, p, h[r], c[r], y[t, r], g[0, r], ct[0, r], False)
 
 
 @njit(nogil=True)
@@ -94,19 +91,19 @@ def breakdown(shape: bm.Shape, repeats: int):
     T, B, I, H = shape.T, shape.B, shape.I, shape.H
     dt = np.float32
     backend = _backend.NumbaBackend()
-    threads = backend.threads_for(T, B, I, H)
-    path = backend.choose_path(B, H, threads, dt)
-    products = backend.choose_row_products(B, threads, H, dt) if path == "rows" else None
-    blocks = _backend._row_blocks(B, threads, products == "packed") if path == "rows" else [(0, B)]
-    threads = threads if path == "rows" else 1
+    threads, rows, products = backend._plan(T, B, I, H, np.dtype(dt))
+    path = "rows" if rows else "blas"
+    blocks = _backend._row_blocks(B, threads, products == "packed") if rows else [(0, B)]
+    threads = threads if rows else 1
 
     def on_blocks(function, *args):
-        # The rows path runs one block per thread, as the backend does.
-        _backend._run_blocks(lambda r0, r1, k, *a: function(r0, r1, *a), blocks, threads, *args)
+        # The rows path runs its blocks on the threads, as the backend does.
+        _backend._run_blocks(_backend._without_block_index(function), blocks, threads, *args)
 
     w_hh_t = np.ascontiguousarray(inp.w_hh.T)
     w_ih_t = np.ascontiguousarray(inp.w_ih.T)
-    xw = np.zeros((T, B, 4 * H), dt)
+    # The projection buffer: not on the packed path, which has none.
+    xw = np.zeros((T, B, 4 * H), dt) if products != "packed" else None
     acc = np.zeros((B, 4 * H), dt)
     h = inp.h0.copy()
     c = inp.c0.copy()

@@ -290,7 +290,8 @@ class NumbaBackend(Backend):
             # (T, B, 4H) projection buffer.
             w_p = _pack_stacked(w_ih, w_hh)
             z = np.empty((B, I + H), dtype)
-            _run_blocks(_forward_packed_block, _row_blocks(B, nthreads, whole=True), nthreads,
+            _run_blocks(_without_block_index(_kernels.forward_packed),
+                        _row_blocks(B, nthreads, whole=True), nthreads,
                         x, b, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc)
             return _forward_output(y, h, c, gates, ctape, store)
         if store and alloc is np.empty:
@@ -304,8 +305,8 @@ class NumbaBackend(Backend):
         w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 4H): rows feed the vectorised loop
         if rows:
             w_ih_t = np.ascontiguousarray(w_ih.T)  # (I, 4H)
-            _run_blocks(_forward_block, _row_blocks(B, nthreads), nthreads,
-                        x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gates,
+            _run_blocks(_without_block_index(_kernels.forward_rows), _row_blocks(B, nthreads),
+                        nthreads, x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gates,
                         ctape, xw, acc, _PRODUCT[products])
         else:
             _kernels.forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse,
@@ -393,14 +394,10 @@ def _forward_output(y, h, c, gates, ctape, store):
     return ForwardOutput(y=y, h_n=h, c_n=c, gates=gates, c=ctape)
 
 
-def _forward_packed_block(r0, r1, k, *args):
-    """_run_blocks adapter: the forward kernel takes no block index."""
-    _kernels.forward_packed(r0, r1, *args)
-
-
-def _forward_block(r0, r1, k, *args):
-    """_run_blocks adapter: the forward kernel takes no block index."""
-    _kernels.forward_rows(r0, r1, *args)
+def _without_block_index(kernel):
+    """``kernel(r0, r1, *args)`` as a ``_run_blocks`` function, which is
+    also given the block index k (the forward kernels take none)."""
+    return lambda r0, r1, k, *args: kernel(r0, r1, *args)
 
 
 def _lengths(lengths, T, B):
