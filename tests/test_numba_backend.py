@@ -74,6 +74,10 @@ CASES = [
     # H = 16: the packed micro-kernel applies (float32); B = 11 leaves rows
     # outside the 4-row tiles in every block.
     Case(T=5, B=11, I=7, H=16, lengths=True, reverse=True, peephole=True),
+    # H = 32: with 2 or 3 threads the packed blocks have 1-3 rows, which take
+    # the projection as one product and ``_packed.matmul_few`` per step
+    # (float32: 8 panels forward, 2 backward; float64: 16 and 4).
+    Case(T=7, B=5, I=3, H=32, lengths=True, peephole=True),
 ]
 
 
@@ -108,9 +112,10 @@ def test_strategy_matches_reference(case, path, threads, products, dtype):
         assert err <= TOL[dtype], f"{name}: error {err:.3g} ({path}, threads={threads}, {products})"
 
 
+@pytest.mark.parametrize("H", [7, 16])  # 16: the packed products run
 @pytest.mark.parametrize("path,threads,products", STRATEGIES)
-def test_float32_stays_float32_and_calls_are_bit_identical(path, threads, products):
-    case = Case(T=9, B=6, I=5, H=7, lengths=True, peephole=True)
+def test_float32_stays_float32_and_calls_are_bit_identical(path, threads, products, H):
+    case = Case(T=9, B=6, I=5, H=H, lengths=True, peephole=True)
     inputs = make_inputs(case, "float32")
     backend = _backend.NumbaBackend(path, threads, products)
     first = _named(*_run(backend, inputs, case))
@@ -165,6 +170,33 @@ def test_packed_product_matches_a_float64_product(M, K, N, dtype):
     assert not _packed.packable(np.int64, 32, 4)
 
 
+# Every tile of matmul_few: 1-3 rows, panel counts with 0-3 panels beyond
+# its groups (4 panels for one row, 2 for more), in both directions, with and
+# without the start from c0 + b.
+@pytest.mark.parametrize("M", [1, 2, 3])
+@pytest.mark.parametrize("panels", [1, 2, 3, 4, 5, 7])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_few_row_product_matches_a_float64_product(M, panels, dtype):
+    from polylstm_numba import _packed
+
+    K = 37
+    N = panels * _packed.PANEL[dtype]
+    rng = np.random.default_rng(10 * M + panels)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    w = rng.standard_normal((K, N)).astype(dtype)
+    c0 = rng.standard_normal((M, N)).astype(dtype)
+    b = rng.standard_normal(N).astype(dtype)
+    wp = _backend._pack(w)
+    product = a.astype(np.float64) @ w.astype(np.float64)
+    tol = {"float32": 1e-5, "float64": 1e-13}[dtype] * np.sqrt(K) * np.abs(product).max()
+    for start in (False, True):
+        want = product + c0 + b if start else product
+        for backwards in (False, True):
+            c = np.full((M, N), np.nan, dtype)
+            _packed.matmul_few(a, wp, c, c0, b, start, backwards)
+            assert np.abs(c - want).max() <= tol, (start, backwards)
+
+
 def test_packed_rows_are_chosen_for_large_float32_hidden_sizes():
     backend = _backend.NumbaBackend(threads=2)
     if _blas_threads.available():
@@ -177,6 +209,11 @@ def test_packed_rows_are_chosen_for_large_float32_hidden_sizes():
         assert backend.choose_row_products(32, 2, 128, np.float32) == "packed"
         assert backend.choose_row_products(16, 2, 128, np.float32) == "blas"
         assert backend.choose_path(32, 128, 2, np.float32) == "rows"
+        # Blocks of 1-3 rows: packed where it applies, else hand-written.
+        assert backend.choose_row_products(1, 2, 64, np.float32) == "packed"
+        assert backend.choose_row_products(6, 2, 64, np.float32) == "packed"
+        assert backend.choose_row_products(6, 2, 60, np.float32) == "hand"
+        assert backend.choose_path(1, 64, 1, np.float32) == "rows"
         forced = _backend.NumbaBackend("rows", 2, "packed")
         assert forced.choose_row_products(3, 2, 16, np.float32) == "packed"
         assert forced.choose_row_products(3, 2, 16, np.float64) == "packed"

@@ -125,13 +125,19 @@ def matmul_acc(a, w, out):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def multiply(a, w, w_packed, out, product):
+def multiply(a, w, w_packed, out, product, backwards):
     """out (M, N) = a (M, K) @ w (K, N), all C-contiguous, one dtype, by the
     ``product`` kind: PACKED, the micro-kernel on ``w_packed`` =
-    ``_packed.pack(w)``; BLAS, ``np.dot``; HAND, the hand-written kernel.
-    ``w_packed`` is not read unless PACKED (any array of rank 3 will do)."""
+    ``_packed.pack(w)`` (``_packed.matmul_few`` for 1-3 rows, its panels
+    visited last to first when ``backwards``: a time loop alternates it);
+    BLAS, ``np.dot``; HAND, the hand-written kernel. ``w_packed`` is not
+    read unless PACKED (any array of rank 3 will do), ``w`` only unless
+    PACKED (any array of rank 2)."""
     if product == PACKED:
-        _packed.matmul(a, w_packed, out)
+        if a.shape[0] <= 3:
+            _packed.matmul_few(a, w_packed, out, out, out[0], False, backwards)
+        else:
+            _packed.matmul(a, w_packed, out)
     elif product == BLAS:
         np.dot(a, w, out)
     else:
@@ -240,12 +246,13 @@ def _gate_loop(a, p, hr, cr, yr):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape,
+def _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates, ctape,
                    acc, product):
-    """Time loop for batch rows r0..r1-1; ``product``: HAND or BLAS.
+    """Time loop for batch rows r0..r1-1; ``product``: HAND, BLAS or PACKED.
 
     xw: (T, B, 4H) input projection x @ w_ih.T.   b: (4H,) bias.
-    w_hh_t: (H, 4H) = w_hh.T, C order.
+    w_hh_t: (H, 4H) = w_hh.T, C order; w_hh_p: ``_packed.pack(w_hh_t)``,
+    (4H/L, H, L), read only for PACKED (as ``w_hh_t`` only otherwise).
     p: (3, H)   lengths: (B,) int64   h, c: (B, H) state, updated in place.
     y: (T, B, H), gates: (T, B, 4H), ctape: (T, B, H) outputs (zero-filled where
     a row has padded steps: inactive steps are not written); when
@@ -255,11 +262,20 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, c
     """
     T = xw.shape[0]
     keep = gates.shape[0] == T
-    unused = w_hh_t.reshape(1, w_hh_t.shape[0], w_hh_t.shape[1])  # no packed weight
+    # Blocks of 1-3 rows on the packed product: its tiles start from the
+    # projection and bias, so the gate pass needs no adding pass of its own
+    # (at T200-B1-H64 that pass and its call were a third of the gate time).
+    few = product == PACKED and r1 - r0 <= 3
     for s in range(T):
         t = T - 1 - s if reverse else s
         tt = t if keep else 0
-        multiply(h[r0:r1], w_hh_t, unused, acc[r0:r1], product)
+        if few:
+            _packed.matmul_few(h[r0:r1], w_hh_p, acc[r0:r1], xw[t, r0:r1], b, True, s % 2 == 1)
+            for r in range(r0, r1):
+                if t < lengths[r]:
+                    _gate_row(acc[r], p, h[r], c[r], y[t, r], gates[tt, r], ctape[tt, r], keep)
+            continue
+        multiply(h[r0:r1], w_hh_t, w_hh_p, acc[r0:r1], product, s % 2 == 1)
         for r in range(r0, r1):
             if t < lengths[r]:
                 _cell_forward_row(acc[r], xw[t, r], b, p, h[r], c[r], y[t, r],
@@ -267,31 +283,34 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, c
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def forward_rows(r0, r1, x, w_ih_t, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, xw,
-                 acc, product):
+def forward_rows(r0, r1, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y,
+                 gates, ctape, xw, acc, product):
     """Whole forward for batch rows r0..r1-1; releases the GIL so the caller
     runs one row block per thread.
 
     x: (T, B, I)   w_ih_t: (I, 4H) = w_ih.T, C order   b: (4H,)
+    w_ih_p: ``_packed.pack(w_ih_t)``, (4H/L, I, L), read only for PACKED.
     xw: (T, B, 4H) scratch for the input projection (this block's rows).
     Other arguments as ``_forward_steps``. ``product`` (``multiply``): BLAS
     calls, which the caller has made single-threaded for this thread
-    (``_blas_threads``), or HAND, the hand-written kernel, as a
-    multi-threaded BLAS here would wake BLAS's thread pool, whose spinning
-    workers then compete with the other row blocks' threads (the packed
-    kernel has its own loop, ``forward_packed``). The input projection of
-    all steps is done first, one product per step over the block's rows.
+    (``_blas_threads``); HAND, the hand-written kernel, as a multi-threaded
+    BLAS here would wake BLAS's thread pool, whose spinning workers then
+    compete with the other row blocks' threads; or PACKED, used here for
+    blocks of 1-3 rows (blocks of more rows have ``forward_packed``, with
+    the projection fused into the step's product: for a row or three that
+    turns an efficient product over all steps into a weight streamed from
+    L2 at every step). The input projection of all steps is done first, one
+    product per step over the block's rows.
     """
     T, B, I = x.shape
     G = xw.shape[2]
-    unused = w_hh_t.reshape(1, w_hh_t.shape[0], G)  # no packed weight here
     if r1 - r0 == B:  # all rows: (T*B, I) is one contiguous matrix, one product
-        multiply(x.reshape(T * B, I), w_ih_t, unused, xw.reshape(T * B, G), product)
+        multiply(x.reshape(T * B, I), w_ih_t, w_ih_p, xw.reshape(T * B, G), product, False)
     else:
         for t in range(T):
-            multiply(x[t, r0:r1], w_ih_t, unused, xw[t, r0:r1], product)
-    _forward_steps(r0, r1, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc,
-                   product)
+            multiply(x[t, r0:r1], w_ih_t, w_ih_p, xw[t, r0:r1], product, False)
+    _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates, ctape,
+                   acc, product)
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
@@ -337,7 +356,9 @@ def forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape,
     G = xw.shape[2]
     xw2 = xw.reshape(T * B, G)
     np.dot(x.reshape(T * B, I), w_ih.T, xw2)
-    _forward_steps(0, B, xw, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape, acc, BLAS)
+    unused = w_hh_t.reshape(1, w_hh_t.shape[0], G)  # no packed weight on this path
+    _forward_steps(0, B, xw, b, w_hh_t, unused, p, lengths, reverse, h, c, y, gates, ctape, acc,
+                   BLAS)
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -408,7 +429,7 @@ def _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, 
                 hprev[t, r] = hpr
                 _cell_backward_row(dh[r], dc[r], dy[t, r], gates[t, r], ctape[t, r], cpr,
                                    p, da[t, r], dp[blk])
-        multiply(da[t, r0:r1], w_hh, w_hh_p, tmp[r0:r1], product)
+        multiply(da[t, r0:r1], w_hh, w_hh_p, tmp[r0:r1], product, s % 2 == 1)
         for r in range(r0, r1):
             if t < lengths[r]:
                 dh[r] = tmp[r]
