@@ -241,6 +241,25 @@ def test_remembered_plans_follow_the_settings():
     backend.path = "blas"
     assert backend._plan(100, 64, 128, 128, f32) == (2, False, None)
 
+
+@pytest.mark.skipif(not _blas_threads.available(), reason="packed products need per-thread BLAS")
+def test_small_packed_batches_get_a_thread_per_two_rows(monkeypatch):
+    monkeypatch.setattr(_backend.numba, "get_num_threads", lambda: 2)
+    auto = _backend.NumbaBackend()
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    assert auto._plan(100, 2, 256, 256, f32) == (1, True, "packed")  # both rows on one thread
+    assert auto._plan(100, 3, 512, 512, f64) == (1, True, "packed")
+    assert auto._plan(100, 4, 256, 256, f32) == (2, True, "packed")  # 2 + 2 rows
+    assert auto._plan(100, 6, 128, 128, f32) == (2, True, "packed")
+    # One row: the rows path for a small or a large recurrent weight, the
+    # BLAS path's two threads between them.
+    assert auto._plan(200, 1, 32, 64, f32) == (1, True, "packed")
+    assert auto._plan(100, 1, 192, 192, f32) == (2, False, None)
+    assert auto._plan(100, 1, 256, 256, f32) == (1, True, "packed")
+    # An explicit thread count is kept.
+    assert _backend.NumbaBackend(threads=2)._plan(100, 2, 256, 256, f32) == (2, True, "packed")
+
+
 def test_small_calls_stay_on_one_thread():
     auto = _backend.NumbaBackend()
     assert auto.threads_for(5, 3, 4, 2) == 1
@@ -252,7 +271,7 @@ def test_small_calls_stay_on_one_thread():
 def test_row_products_option():
     assert _backend.NumbaBackend(row_products="hand").choose_row_products(16, 2) == "hand"
     auto = _backend.NumbaBackend()
-    assert auto.choose_row_products(1, 2) == "hand"  # one-row blocks
+    assert auto.choose_row_products(1, 2) == "hand"  # one-row blocks, H unknown: not packable
     assert auto.choose_row_products(3, 2) == "hand"
     assert auto.choose_row_products(16, 2) == ("blas" if _blas_threads.available() else "hand")
     with pytest.raises(ValueError, match="row_products"):

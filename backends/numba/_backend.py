@@ -38,11 +38,27 @@ ROWS_PATH_MAX_H = 192
 #: 4.8 ms, T100-B64-I256-H256 62 vs 47 ms.
 ROWS_PATH_HAND_MAX_MACS = 1 << 20
 
-#: The same bound for blocks of fewer than BLOCK_ROWS rows (small batches),
-#: where the other blocks' rows use BLAS: rows / BLAS path time at B=1, H=64
-#: 0.9, H=192 1.05-1.2, H=256 0.9-1.2, H=512 1.7; B=4 (2-row blocks), H=192
+#: The same bound for blocks of fewer than BLOCK_ROWS rows (small batches)
+#: on the hand-written product (H not a multiple of the packed panel), and
+#: for a single row on the packed one below ONE_ROW_PACKED_MIN_H. Measured
+#: with the hand-written product, rows / BLAS path time at B=1, H=64 0.9,
+#: H=192 1.05-1.2, H=256 0.9-1.2, H=512 1.7; B=4 (2-row blocks), H=192
 #: 1.4-1.9.
 ROWS_PATH_SMALL_BLOCK_MAX_MACS = 1 << 17
+
+
+#: The rows path is taken for packed blocks of 1-3 rows whenever the batch
+#: has two rows or more (then one thread per 2 rows, see ``_plan``):
+#: rows / BLAS path time at T100 (50 for H=512), forward and fwd+bwd, B=2
+#: H=128 0.81 and 0.86, H=256 0.70 and 0.85, H=512 0.35 and 0.43; B=3
+#: H=128..512 0.41-0.68 and 0.54-0.76; B=4 and 6 (2 threads) H=256..512
+#: 0.55-0.74 and 0.64-0.72. For one row it is taken within
+#: ROWS_PATH_SMALL_BLOCK_MAX_MACS or from this hidden size on, where the
+#: recurrent weight (4 MB at 512) outgrows a core's L2 and the BLAS path's
+#: per-step GEMM, which packs it again at every call, loses: B=1 H=256
+#: 0.92 and 0.96, H=512 0.65 and 0.84 (between them the BLAS path's two
+#: threads win: H=160..224 1.07-1.11 and 0.98-1.16).
+ONE_ROW_PACKED_MIN_H = 256
 
 
 #: Up to ROWS_PATH_MAX_H, the packed kernel (with the input projection fused
@@ -170,22 +186,24 @@ class NumbaBackend(Backend):
     path: ``"auto"`` (choose per call), ``"rows"`` or ``"blas"`` (force one
     recurrence strategy; used by the tests to check both on any shape).
     threads: threads of the rows path; None uses ``numba.get_num_threads()``
-    (the CPUs, or ``NUMBA_NUM_THREADS``), or one thread for calls below
-    ``PARALLEL_MIN_MACS``.
+    (the CPUs, or ``NUMBA_NUM_THREADS``), but one thread for calls below
+    ``PARALLEL_MIN_MACS`` and at most one per 2 rows for packed blocks of
+    fewer than ``BLOCK_ROWS`` rows.
     row_products: how the rows path multiplies: ``"blas"`` (each row-block
     thread calls a single-threaded BLAS, and the gradient products after the
     backward loop are split over the same threads; needs scipy's OpenBLAS >=
     0.3.27, see ``_blas_threads``), ``"packed"`` (as ``"blas"``, but the
     per-step products run the micro-kernel of ``_packed`` on weights packed
-    once per call, with the input projection fused into the forward's, one
-    row block per thread; H a multiple of 16 for float32, of 8 for float64,
-    else ``"blas"``), ``"hand"`` (the hand-written product in the loops, one
-    multi-threaded BLAS call per gradient), or None: where the row blocks
-    have at least ``BLOCK_ROWS`` rows and per-thread BLAS is available,
-    ``"packed"`` where it applies and H > ``ROWS_PATH_MAX_H`` or a thread has
-    at least ``PACKED_MIN_ROWS`` rows, else ``"blas"``; otherwise ``"hand"``
-    (measured: for one-row blocks the hand-written product and the
-    multi-threaded gradient call are faster).
+    once per call, one row block per thread, with the input projection fused
+    into the forward's; for blocks of 1-3 rows the projection is one product
+    before the loop and each gradient one multi-threaded BLAS call instead;
+    H a multiple of 16 for float32, of 8 for float64, else ``"blas"``),
+    ``"hand"`` (the hand-written product in the loops, one multi-threaded
+    BLAS call per gradient), or None: when per-thread BLAS is available,
+    ``"packed"`` where it applies and blocks have fewer than ``BLOCK_ROWS``
+    rows, H > ``ROWS_PATH_MAX_H`` or a thread has at least
+    ``PACKED_MIN_ROWS`` rows; else ``"blas"`` for blocks of ``BLOCK_ROWS``
+    rows or more and ``"hand"`` for smaller ones.
     """
 
     name = "numba"
@@ -242,7 +260,8 @@ class NumbaBackend(Backend):
         nthreads = nthreads or self._threads()
         products = self.choose_row_products(B, nthreads, H, dtype)
         rows_per_thread = _rows_per_thread(B, min(B, nthreads))
-        if products == "packed" and rows_per_thread >= BLOCK_ROWS:
+        if products == "packed" and (rows_per_thread >= BLOCK_ROWS or B >= 2
+                                     or H >= ONE_ROW_PACKED_MIN_H):
             return "rows"
         if products == "blas":
             return "rows" if H <= ROWS_PATH_MAX_H else "blas"
@@ -264,6 +283,15 @@ class NumbaBackend(Backend):
             nthreads = self.threads_for(T, B, I, H)
             rows = self.choose_path(B, H, nthreads, dtype) == "rows"
             products = self.choose_row_products(B, nthreads, H, dtype) if rows else None
+            if (products == "packed" and self.threads is None
+                    and _rows_per_thread(B, nthreads) < BLOCK_ROWS):
+                # Packed blocks of 1-3 rows: a thread per 2 rows at most.
+                # Each thread streams the whole recurrent weight at every
+                # step, so one-row blocks on two threads lost to one thread
+                # with both rows (and to the BLAS path: 1.4-1.6x at
+                # T100-B2-H192..256); two threads of 2-3 rows beat one of
+                # 4-6 (0.56-0.86).
+                nthreads = max(1, min(nthreads, B // 2))
             plan = (nthreads, rows, products)
             if len(_PLANS) >= _PLANS_MAX:  # variable shapes: keep it bounded
                 _PLANS.clear()
