@@ -25,6 +25,7 @@ import tempfile
 STAGES = [
     ("packed rows (B=64, H=32)", 3, 64, 8, 32),
     ("BLAS rows (B=8, H=20)", 3, 8, 8, 20),
+    ("packed rows, one-row block (B=1, H=32)", 3, 1, 8, 32),
     ("hand-written rows (B=1)", 3, 1, 8, 20),
     ("BLAS path (H=202: not packable)", 3, 64, 8, 202),
 ]
