@@ -46,14 +46,26 @@ def _row_projection(r0, r1, x, w_ih_t, xw, product):
     BLAS or the hand-written product)."""
     for t in range(x.shape[0]):
         unused = w_ih_t.reshape(1, w_ih_t.shape[0], w_ih_t.shape[1])
-        _kernels.multiply(x[t, r0:r1], w_ih_t, unused, xw[t, r0:r1], product)
+        _kernels.multiply(x[t, r0:r1], w_ih_t, unused, xw[t, r0:r1], product, False)
+
+
+@njit(nogil=True)
+def _row_projection_packed(r0, r1, x, w_ih_p, xw):
+    """The projection as the 1-3-row packed blocks do it: one packed product
+    over all steps when the block is the whole batch, else one per step."""
+    T, B, I = x.shape
+    if r1 - r0 == B:
+        _packed.matmul(x.reshape(T * B, I), w_ih_p, xw.reshape(T * B, xw.shape[2]))
+    else:
+        for t in range(T):
+            _packed.matmul(x[t, r0:r1], w_ih_p, xw[t, r0:r1])
 
 
 @njit(nogil=True)
 def _row_steps(r0, r1, h, w_hh_t, w_hh_p, acc, T, product):
     """T recurrent products for rows r0..r1-1 as the rows path does them."""
     for _ in range(T):
-        _kernels.multiply(h[r0:r1], w_hh_t, w_hh_p, acc[r0:r1], product)
+        _kernels.multiply(h[r0:r1], w_hh_t, w_hh_p, acc[r0:r1], product, False)
 
 
 @njit(nogil=True)
@@ -62,6 +74,23 @@ def _packed_steps(r0, r1, z, w_p, acc, T):
     path does them (z = [x_t | h], w = [w_ih.T; w_hh.T])."""
     for _ in range(T):
         _packed.matmul(z[r0:r1], w_p, acc[r0:r1])
+
+
+@njit(nogil=True)
+def _few_row_steps(r0, r1, h, w_hh_p, acc, xw, b, T):
+    """T recurrent products for a block of 1-3 rows on the packed kernel,
+    starting from the projection and bias, as the backend does them."""
+    for s in range(T):
+        _packed.matmul_few(h[r0:r1], w_hh_p, acc[r0:r1], xw[s, r0:r1], b, True, s % 2 == 1)
+
+
+@njit(nogil=True)
+def _few_row_gate_passes(r0, r1, acc, p, h, c, y, g, ct, T):
+    """T gate passes of a 1-3-row packed block (projection and bias already
+    in the product)."""
+    for t in range(T):
+        for r in range(r0, r1):
+            _kernels._gate_row(acc[r], p, h[r], c[r], y[t, r], g[0, r], ct[0, r], False)
 
 
 @njit(nogil=True)
@@ -93,6 +122,8 @@ def breakdown(shape: bm.Shape, repeats: int):
     backend = _backend.NumbaBackend()
     threads, rows, products = backend._plan(T, B, I, H, np.dtype(dt))
     path = "rows" if rows else "blas"
+    # Packed blocks of 1-3 rows: projection first, then matmul_few per step.
+    few = products == "packed" and _backend._rows_per_thread(B, threads) < _backend.BLOCK_ROWS
     blocks = _backend._row_blocks(B, threads, products == "packed") if rows else [(0, B)]
     threads = threads if rows else 1
 
@@ -102,8 +133,8 @@ def breakdown(shape: bm.Shape, repeats: int):
 
     w_hh_t = np.ascontiguousarray(inp.w_hh.T)
     w_ih_t = np.ascontiguousarray(inp.w_ih.T)
-    # The projection buffer: not on the packed path, which has none.
-    xw = np.zeros((T, B, 4 * H), dt) if products != "packed" else None
+    # The projection buffer: not on the fused packed path, which has none.
+    xw = np.zeros((T, B, 4 * H), dt) if products != "packed" or few else None
     acc = np.zeros((B, 4 * H), dt)
     h = inp.h0.copy()
     c = inp.c0.copy()
@@ -121,6 +152,16 @@ def breakdown(shape: bm.Shape, repeats: int):
         proj = _median_ms(lambda: _blas_projection(inp.x.reshape(T * B, I), inp.w_ih,
                                                    xw.reshape(T * B, 4 * H)), repeats)
         rec = _median_ms(lambda: _blas_steps(h, w_hh_t, acc, T), repeats)
+    elif few:
+        path = "rows, packed products, 1-3-row blocks"
+        w_ih_p = _backend._pack_transposed(inp.w_ih)
+        w_hh_p = _backend._pack_transposed(inp.w_hh)
+        proj = _median_ms(lambda: on_blocks(_row_projection_packed, inp.x, w_ih_p, xw), repeats)
+        rec = _median_ms(lambda: on_blocks(_few_row_steps, h, w_hh_p, acc, xw, inp.b, T), repeats)
+        packing = _median_ms(lambda: (_backend._pack_transposed(inp.w_ih),
+                                      _backend._pack_transposed(inp.w_hh)), repeats)
+        proj_name = "packing w_ih.T, w_hh.T + input projection"
+        proj += packing
     elif products == "packed":
         # The input projection is fused into the per-step products: one
         # product [x_t | h] @ [w_ih.T; w_hh.T] per step and block.
@@ -139,7 +180,10 @@ def breakdown(shape: bm.Shape, repeats: int):
         unused = w_hh_t.reshape(1, H, 4 * H)
         proj = _median_ms(lambda: on_blocks(_row_projection, inp.x, w_ih_t, xw, kind), repeats)
         rec = _median_ms(lambda: on_blocks(_row_steps, h, w_hh_t, unused, acc, T, kind), repeats)
-    if products == "packed":
+    if few:
+        gates = _median_ms(lambda: on_blocks(_few_row_gate_passes, acc, p, h, c, y, g, ct, T),
+                           repeats)
+    elif products == "packed":
         gates = _median_ms(lambda: on_blocks(_packed_gate_passes, acc, inp.b, p, h, c, y, g, ct, T),
                            repeats)
     else:
