@@ -54,7 +54,7 @@ ROWS_PATH_SMALL_BLOCK_MAX_MACS = 1 << 17
 #: H=128..512 0.41-0.68 and 0.54-0.76; B=4 and 6 (2 threads) H=256..512
 #: 0.55-0.74 and 0.64-0.72. For one row it is taken within
 #: ROWS_PATH_SMALL_BLOCK_MAX_MACS or from this hidden size on, where the
-#: recurrent weight (4 MB at 512) outgrows a core's L2 and the BLAS path's
+#: recurrent weight (1 MB at 256) outgrows a core's L2 and the BLAS path's
 #: per-step GEMM, which packs it again at every call, loses: B=1 H=256
 #: 0.92 and 0.96, H=512 0.65 and 0.84 (between them the BLAS path's two
 #: threads win: H=160..224 1.07-1.11 and 0.98-1.16).
