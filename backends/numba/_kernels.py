@@ -151,17 +151,42 @@ def _cell_forward_row(a, xr, b, p, hr, cr, yr, gr, ctr, keep):
 
     a:  (4H,) recurrent part h_{t-1} @ w_hh.T     xr: (4H,) x_t @ w_ih.T
     b:  (4H,) bias (added here rather than in a pass over the projection)
-    ``a`` is overwritten with the pre-activations. ``xr`` may be the same
-    memory as ``gr`` (the projection kept in the gate tape): it is read only
-    in the first loop, before ``gr`` is written. Other arguments as
-    ``_gate_row``.
+    With ``keep``, ``a`` is overwritten with the pre-activations; ``xr`` may
+    be the same memory as ``gr`` (the projection kept in the gate tape): it
+    is read only in the first loop, before ``gr`` is written. Other
+    arguments as ``_gate_row``.
     """
-    # Separate short loop: with ``xr`` and ``b`` also read in the gate loop,
-    # LLVM needs more runtime alias checks than it allows and gives up
+    if not keep:
+        _gate_loop_summed(a, xr, b, p, hr, cr, yr)
+        return
+    # Separate short loop: with ``xr`` and ``b`` also read in the taped gate
+    # loop, LLVM needs more runtime alias checks than it allows and gives up
     # vectorising it (measured: 10x slower).
     for j in range(a.shape[0]):
         a[j] += xr[j] + b[j]
     _gate_row(a, p, hr, cr, yr, gr, ctr, keep)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _gate_loop_summed(a, xr, b, p, hr, cr, yr):
+    """``_gate_loop`` on the pre-activations a + (xr + b), summed inside the
+    loop (the taped path's order, so both give the same bits): without the
+    tape's two output arrays the loop stays vectorised with ``xr`` and ``b``
+    in it, and the separate adding pass goes (gate pass at 4 rows x H = 128:
+    2.7 instead of 3.3-4.0 ns per unit)."""
+    H = hr.shape[0]
+    pi = p[0]
+    pf = p[1]
+    po = p[2]
+    for j in range(H):
+        cp = cr[j]
+        ig, fg, gg, og, cn, hn = _cell_math(
+            a[j] + (xr[j] + b[j]), a[H + j] + (xr[H + j] + b[H + j]),
+            a[2 * H + j] + (xr[2 * H + j] + b[2 * H + j]),
+            a[3 * H + j] + (xr[3 * H + j] + b[3 * H + j]), cp, pi[j], pf[j], po[j])
+        cr[j] = cn
+        hr[j] = hn
+        yr[j] = hn
 
 
 @njit(cache=True, inline="always", fastmath=_FASTMATH, error_model="numpy")
