@@ -268,8 +268,8 @@ def packable(dtype, N, K) -> bool:
 def _few_tile(a, wp, p, c, c0, b, start, panels):
     """Panels p..p+panels-1 of ``matmul_few`` (a of 1-3 rows; ``panels`` at
     most 4 for one row, 2 for more): the ``_FEW_SHAPES`` tile that fits.
-    Called, not inlined: inlined at matmul_few's four call sites its sixteen
-    tiles took the first call's compile time from 18 to 32 s."""
+    Called, not inlined: inlined at matmul_few's four call sites, its
+    sixteen tiles made a first float32 call compile for 32 s instead of 25."""
     M = a.shape[0]
     if M == 1:
         if panels == 4:
