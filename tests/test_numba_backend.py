@@ -78,6 +78,7 @@ CASES = [
     # the projection as one product and ``_packed.matmul_few`` per step
     # (float32: 8 panels forward, 2 backward; float64: 16 and 4).
     Case(T=7, B=5, I=3, H=32, lengths=True, peephole=True),
+    Case(T=6, B=3, I=4, H=16, lengths=True, reverse=True),
 ]
 
 
