@@ -259,6 +259,13 @@ def test_small_packed_batches_get_a_thread_per_two_rows(monkeypatch):
     assert auto._plan(100, 1, 256, 256, f32) == (1, True, "packed")
     # An explicit thread count is kept.
     assert _backend.NumbaBackend(threads=2)._plan(100, 2, 256, 256, f32) == (2, True, "packed")
+    # The backward of one row with a weight beyond L2 takes the BLAS path;
+    # of two rows, or at H = 256, the forward's plan.
+    assert auto._backward_plan(50, 1, 512, 512, f32)[1:] == (False, None)
+    assert auto._backward_plan(100, 1, 256, 256, f32) == auto._plan(100, 1, 256, 256, f32)
+    assert auto._backward_plan(50, 2, 512, 512, f32) == (1, True, "packed")
+    forced = _backend.NumbaBackend(path="rows")
+    assert forced._backward_plan(50, 1, 512, 512, f32) == forced._plan(50, 1, 512, 512, f32)
 
 
 def test_small_calls_stay_on_one_thread():

@@ -60,6 +60,14 @@ ROWS_PATH_SMALL_BLOCK_MAX_MACS = 1 << 17
 #: threads win: H=160..224 1.07-1.11 and 0.98-1.16).
 ONE_ROW_PACKED_MIN_H = 256
 
+#: ... but a one-row backward above this hidden size takes the BLAS path:
+#: its per-step product (1, 4H) x (4H, H) from a weight in L3 runs on BLAS's
+#: two threads there (OpenBLAS hands a one-row GEMM to its GEMV), against
+#: one thread on the rows path. Backward, BLAS / rows path: H=64..256
+#: 0.94-1.02, H=320 0.83, H=384 0.65, H=512 0.54-0.67, H=1024 0.47; with
+#: two rows the rows path wins (B=2 H=512: 1.86).
+ONE_ROW_BACKWARD_ROWS_MAX_H = 256
+
 
 #: Up to ROWS_PATH_MAX_H, the packed kernel (with the input projection fused
 #: into it) is used from this many rows per thread; below it the blocks'
@@ -298,6 +306,16 @@ class NumbaBackend(Backend):
             _PLANS[key] = plan
         return plan
 
+    def _backward_plan(self, T, B, I, H, dtype):
+        """``_plan`` for the backward: the same, except that a one-row batch
+        above ``ONE_ROW_BACKWARD_ROWS_MAX_H`` takes the BLAS path when the
+        settings leave the choice to the backend."""
+        nthreads, rows, products = self._plan(T, B, I, H, dtype)
+        if (rows and B == 1 and H > ONE_ROW_BACKWARD_ROWS_MAX_H and self.path == "auto"
+                and self.row_products is None):
+            return nthreads, False, None
+        return nthreads, rows, products
+
     def forward(self, x, w_ih, w_hh, b, h0, c0, peephole, lengths, reverse, store):
         """x: (T, B, I)  w_ih: (4H, I)  w_hh: (4H, H)  b: (4H,)  h0, c0: (B, H)
         peephole: (3, H) or None  lengths: (B,) int64 or None.
@@ -374,7 +392,7 @@ class NumbaBackend(Backend):
         hprev = alloc((T, B, H), dtype)
         tmp = np.empty((B, H), dtype)
         reverse = bool(tape.reverse)
-        nthreads, rows, products = self._plan(T, B, I, H, dtype)
+        nthreads, rows, products = self._backward_plan(T, B, I, H, dtype)
         # Split the gradient products over our threads after a loop that ran
         # on single-threaded BLAS or full packed blocks; after one of blocks
         # of 1-3 rows (hand-written or packed products), one multi-threaded
