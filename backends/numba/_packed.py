@@ -50,15 +50,19 @@ def _tile_intrinsic(rows, panels=1, start=False):
     registers for the whole K loop. K >= 1 (the callers never pass an empty
     product).
 
-    With ``start``, ``tile(a, m0, wp, p, c, c0, b)``: the accumulators start
-    from c0[m0+i, cols] + b[cols] instead of zero, for c0 (M, N) and b (N,)
-    of the same dtype: c = c0 + b + a @ w, the pre-activations of an LSTM
-    step (c0 the input projection, b the bias) in one pass."""
+    With ``start``, ``tile(a, m0, wp, p, c, c0, b, from_c0)``: when the
+    runtime flag ``from_c0`` is true the accumulators start from
+    c0[m0+i, cols] + b[cols] instead of zero, for c0 (M, N) and b (N,) of
+    the same dtype: c = c0 + b + a @ w, the pre-activations of an LSTM step
+    (c0 the input projection, b the bias) in one pass. c0 and b are read
+    either way (a few vectors per tile), so they must be valid arrays of
+    those shapes."""
 
     def typed(a, wp, c, start_args):
         """(signature, codegen) of the tile for these argument types."""
         operands = (a, wp, c) + start_args
-        sig = types.void(a, types.intp, wp, types.intp, c, *start_args)
+        flag = (types.boolean,) if start_args else ()
+        sig = types.void(a, types.intp, wp, types.intp, c, *start_args, *flag)
         dtypes = {str(getattr(t, "dtype", "")) for t in operands}
         if len(dtypes) != 1 or next(iter(dtypes)) not in PANEL:
             raise TypeError(f"tile: the arrays must share a float32 or float64 dtype, got {dtypes}")
@@ -112,12 +116,14 @@ def _tile_intrinsic(rows, panels=1, start=False):
             if start:
                 C0 = context.make_array(signature.args[5])(context, builder, args[5])
                 Bias = context.make_array(signature.args[6])(context, builder, args[6])
+                from_c0 = args[7]
                 bias = [builder.load(ptr, align=align)
                         for ptr in row_vectors(Bias.data, const(0))]
                 starts = []
                 for i in range(rows):
                     row_start = builder.mul(builder.add(m0_v, const(i)), N)
-                    starts += [builder.fadd(builder.load(ptr, align=align), bias_vector)
+                    starts += [builder.select(from_c0, builder.fadd(
+                        builder.load(ptr, align=align), bias_vector), zero)
                                for ptr, bias_vector in zip(row_vectors(C0.data, row_start), bias)]
 
             entry = builder.block
@@ -162,7 +168,7 @@ def _tile_intrinsic(rows, panels=1, start=False):
 
     if start:
         @intrinsic
-        def tile(typingctx, a, m0, wp, p, c, c0, b):
+        def tile(typingctx, a, m0, wp, p, c, c0, b, from_c0):
             return typed(a, wp, c, (c0, b))
     else:
         @intrinsic
@@ -182,13 +188,10 @@ _tile1x6 = _tile_intrinsic(1, 6)
 _tile1 = _tile_intrinsic(1)
 # matmul_few: all of its 1-3 rows in one tile, so each weight vector loaded
 # feeds every row; (rows, panels) keeps 8-12 accumulators, and the leftover
-# panels go in one narrower tile. Each also in the variant that starts from
-# c0 + b (``start``).
+# panels go in one narrower tile. They can start from c0 + b (``start``).
 _FEW_SHAPES = ((1, 4), (1, 3), (1, 2), (1, 1), (2, 2), (2, 1), (3, 2), (3, 1))
 (_few1x4, _few1x3, _few1x2, _few1x1, _few2x2, _few2x1, _few3x2,
- _few3x1) = (_tile_intrinsic(r, q) for r, q in _FEW_SHAPES)
-(_from1x4, _from1x3, _from1x2, _from1x1, _from2x2, _from2x1, _from3x2,
- _from3x1) = (_tile_intrinsic(r, q, start=True) for r, q in _FEW_SHAPES)
+ _few3x1) = (_tile_intrinsic(r, q, start=True) for r, q in _FEW_SHAPES)
 
 
 @njit(cache=True, nogil=True)
@@ -269,47 +272,27 @@ def _few_tile(a, wp, p, c, c0, b, start, panels):
     """Panels p..p+panels-1 of ``matmul_few`` (a of 1-3 rows; ``panels`` at
     most 4 for one row, 2 for more): the ``_FEW_SHAPES`` tile that fits.
     Called, not inlined: inlined at matmul_few's four call sites, its
-    sixteen tiles made a first float32 call compile for 32 s instead of 25."""
+    sixteen tiles (then one plain and one starting set) made a first
+    float32 call compile for 32 s instead of 25."""
     M = a.shape[0]
     if M == 1:
         if panels == 4:
-            if start:
-                _from1x4(a, 0, wp, p, c, c0, b)
-            else:
-                _few1x4(a, 0, wp, p, c)
+            _few1x4(a, 0, wp, p, c, c0, b, start)
         elif panels == 3:
-            if start:
-                _from1x3(a, 0, wp, p, c, c0, b)
-            else:
-                _few1x3(a, 0, wp, p, c)
+            _few1x3(a, 0, wp, p, c, c0, b, start)
         elif panels == 2:
-            if start:
-                _from1x2(a, 0, wp, p, c, c0, b)
-            else:
-                _few1x2(a, 0, wp, p, c)
-        elif start:
-            _from1x1(a, 0, wp, p, c, c0, b)
+            _few1x2(a, 0, wp, p, c, c0, b, start)
         else:
-            _few1x1(a, 0, wp, p, c)
+            _few1x1(a, 0, wp, p, c, c0, b, start)
     elif M == 2:
         if panels == 2:
-            if start:
-                _from2x2(a, 0, wp, p, c, c0, b)
-            else:
-                _few2x2(a, 0, wp, p, c)
-        elif start:
-            _from2x1(a, 0, wp, p, c, c0, b)
+            _few2x2(a, 0, wp, p, c, c0, b, start)
         else:
-            _few2x1(a, 0, wp, p, c)
+            _few2x1(a, 0, wp, p, c, c0, b, start)
     elif panels == 2:
-        if start:
-            _from3x2(a, 0, wp, p, c, c0, b)
-        else:
-            _few3x2(a, 0, wp, p, c)
-    elif start:
-        _from3x1(a, 0, wp, p, c, c0, b)
+        _few3x2(a, 0, wp, p, c, c0, b, start)
     else:
-        _few3x1(a, 0, wp, p, c)
+        _few3x1(a, 0, wp, p, c, c0, b, start)
 
 
 @njit(cache=True, nogil=True)
@@ -318,7 +301,8 @@ def matmul_few(a, wp, c, c0, b, start, backwards):
     recurrence on a batch of one to three rows (a thread's share of a small
     batch), where the weight lives in L2. With ``start``,
     c = c0 + b + a @ w (c0 (M, N), b (N,): an LSTM step's input projection
-    and bias); otherwise c = a @ w and c0, b are not read.
+    and bias); otherwise c = a @ w (c0 and b are still read, a few vectors
+    per tile, and must be arrays of those shapes: ``c`` and ``c[0]`` do).
 
     Each tile holds all M rows, so every weight vector is loaded once per
     product (``matmul`` walks leftover rows one at a time). With
