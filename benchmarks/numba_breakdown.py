@@ -123,7 +123,7 @@ def breakdown(shape: bm.Shape, repeats: int):
     threads, rows, products = backend._plan(T, B, I, H, np.dtype(dt))
     path = "rows" if rows else "blas"
     # Packed blocks of 1-3 rows: projection first, then matmul_few per step.
-    few = products == "packed" and _backend._rows_per_thread(B, threads) < _backend.BLOCK_ROWS
+    few = products == "packed" and not _backend._whole_packed_blocks(products, B, threads)
     blocks = _backend._row_blocks(B, threads, products == "packed") if rows else [(0, B)]
     threads = threads if rows else 1
 

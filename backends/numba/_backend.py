@@ -161,6 +161,14 @@ def _rows_per_thread(B, nthreads):
     return -(-B // max(1, nthreads))
 
 
+def _whole_packed_blocks(products, B, nthreads):
+    """Whether a call runs the packed product on one block of at least
+    BLOCK_ROWS rows per thread: the forward with the projection fused in,
+    and the gradient products split over the threads after the backward
+    loop (blocks of 1-3 rows do neither)."""
+    return products == "packed" and _rows_per_thread(B, nthreads) >= BLOCK_ROWS
+
+
 def _row_chunks(n, pieces):
     """[(n0, n1), ...]: rows 0..n-1 in about ``pieces`` contiguous chunks of
     at least 32 rows (each chunk is one product)."""
@@ -267,7 +275,7 @@ class NumbaBackend(Backend):
             return self.path
         nthreads = nthreads or self._threads()
         products = self.choose_row_products(B, nthreads, H, dtype)
-        rows_per_thread = _rows_per_thread(B, min(B, nthreads))
+        rows_per_thread = _rows_per_thread(B, nthreads)
         if products == "packed" and (rows_per_thread >= BLOCK_ROWS or B >= 2
                                      or H >= ONE_ROW_PACKED_MIN_H):
             return "rows"
@@ -292,7 +300,7 @@ class NumbaBackend(Backend):
             rows = self.choose_path(B, H, nthreads, dtype) == "rows"
             products = self.choose_row_products(B, nthreads, H, dtype) if rows else None
             if (products == "packed" and self.threads is None
-                    and _rows_per_thread(B, nthreads) < BLOCK_ROWS):
+                    and not _whole_packed_blocks(products, B, nthreads)):
                 # Packed blocks of 1-3 rows: a thread per 2 rows at most.
                 # Each thread streams the whole recurrent weight at every
                 # step, so one-row blocks on two threads lost to one thread
@@ -339,7 +347,7 @@ class NumbaBackend(Backend):
         acc = np.empty((B, 4 * H), dtype)
         reverse = bool(reverse)
         nthreads, rows, products = self._plan(T, B, I, H, dtype)
-        if products == "packed" and _rows_per_thread(B, nthreads) >= BLOCK_ROWS:
+        if _whole_packed_blocks(products, B, nthreads):
             # The input projection is fused into the per-step products: no
             # (T, B, 4H) projection buffer.
             w_p = _pack_stacked(w_ih, w_hh)
@@ -397,8 +405,7 @@ class NumbaBackend(Backend):
         # on single-threaded BLAS or full packed blocks; after one of blocks
         # of 1-3 rows (hand-written or packed products), one multi-threaded
         # BLAS call each is faster (T200-B1-I32-H64: 0.35 vs 0.51 ms).
-        row_blas = products == "blas" or (products == "packed"
-                                          and _rows_per_thread(B, nthreads) >= BLOCK_ROWS)
+        row_blas = products == "blas" or _whole_packed_blocks(products, B, nthreads)
         if rows:
             blocks = _row_blocks(B, nthreads, products == "packed")
             dp = np.zeros((len(blocks), 3, H), dtype)
