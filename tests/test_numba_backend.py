@@ -219,7 +219,7 @@ def test_packed_rows_are_chosen_for_large_float32_hidden_sizes():
         assert forced.choose_row_products(3, 2, 16, np.float32) == "packed"
         assert forced.choose_row_products(3, 2, 16, np.float64) == "packed"
         assert forced.choose_row_products(3, 2, 12, np.float64) == "blas"
-    assert _backend._row_blocks(10, 2, whole=True) == [(0, 5), (5, 10)]
+    assert _backend._row_blocks(10, 2, whole=True) == ((0, 5), (5, 10))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -13,6 +13,7 @@ Shapes: T time steps, B batch, I input size, H hidden size.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import threading
@@ -96,23 +97,24 @@ PARALLEL_MIN_MACS = 1 << 24
 BLOCK_ROWS = 4
 
 
+@functools.lru_cache(maxsize=1024)
 def _row_blocks(B, nthreads, whole=False):
-    """[(r0, r1), ...]: B rows cut into contiguous blocks of at most
+    """((r0, r1), ...): B rows cut into contiguous blocks of at most
     BLOCK_ROWS rows, but at least min(B, nthreads) blocks; with ``whole``,
     one block per thread (the packed product: a weight panel is then reused
-    by all the thread's rows)."""
+    by all the thread's rows). Remembered: ~1 us per call otherwise."""
     size = -(-B // max(1, nthreads))
     if not whole:
         size = max(1, min(size, BLOCK_ROWS))
     edges = list(range(0, B, size)) + [B]
-    return list(zip(edges[:-1], edges[1:]))
+    return tuple(zip(edges[:-1], edges[1:]))
 
 
 _POOL = None
 _POOL_LOCK = threading.Lock()
 
 
-def _run_tasks(tasks, nthreads):
+def _run_tasks(tasks, nthreads, blas=True):
     """Run the zero-argument callables ``tasks`` on up to ``nthreads`` threads
     (this one and a shared pool); they call GIL-free kernels. Threads take the
     next task when they finish one, so a thread slowed by foreign load on its
@@ -120,10 +122,13 @@ def _run_tasks(tasks, nthreads):
     measured on the 2-core box, two fixed halves at T100-B16-I128-H128 took
     3.8 or 7.5 ms depending on the neighbours. Idle workers block on a queue,
     so they never spin. Every thread's BLAS calls are single-threaded while
-    it runs tasks (``_blas_threads``): the threads are the parallelism."""
+    it runs tasks (``_blas_threads``): the threads are the parallelism.
+    ``blas``: whether the tasks call BLAS; when they do not, this thread's
+    BLAS setting is left alone (setting and restoring it costs ~2 us, 1% of
+    a T200-B1-I32-H64 forward)."""
     global _POOL
     nthreads = max(1, min(nthreads, len(tasks)))
-    with _blas_threads.single_threaded():
+    with _blas_threads.single_threaded() if blas else contextlib.nullcontext():
         if nthreads == 1:
             for task in tasks:
                 task()
@@ -149,11 +154,11 @@ def _run_tasks(tasks, nthreads):
             future.result()
 
 
-def _run_blocks(function, blocks, nthreads, *args):
+def _run_blocks(function, blocks, nthreads, *args, blas=True):
     """``function(r0, r1, k, *args)`` for every row block k, on up to
-    ``nthreads`` threads (``_run_tasks``)."""
+    ``nthreads`` threads (``_run_tasks``; ``blas``: whether it calls BLAS)."""
     _run_tasks([functools.partial(function, r0, r1, k, *args)
-                for k, (r0, r1) in enumerate(blocks)], nthreads)
+                for k, (r0, r1) in enumerate(blocks)], nthreads, blas)
 
 
 def _rows_per_thread(B, nthreads):
@@ -354,7 +359,7 @@ class NumbaBackend(Backend):
             z = np.empty((B, I + H), dtype)
             _run_blocks(_without_block_index(_kernels.forward_packed),
                         _row_blocks(B, nthreads, whole=True), nthreads,
-                        x, b, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc)
+                        x, b, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc, blas=False)
             return _forward_output(y, h, c, gates, ctape, store)
         if store and alloc is np.empty:
             # The input projection x @ w_ih.T goes straight into the gate tape:
@@ -384,7 +389,7 @@ class NumbaBackend(Backend):
             w_hh_p = w_hh_t.reshape(1, H, 4 * H)
         _run_blocks(_without_block_index(_kernels.forward_rows), _row_blocks(B, nthreads),
                     nthreads, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, reverse,
-                    h, c, y, gates, ctape, xw, acc, _PRODUCT[products])
+                    h, c, y, gates, ctape, xw, acc, _PRODUCT[products], blas=products == "blas")
         return _forward_output(y, h, c, gates, ctape, store)
 
     def backward(self, tape, dy, dh_n, dc_n):
@@ -413,7 +418,7 @@ class NumbaBackend(Backend):
             w_hh_p = _pack(w_hh) if products == "packed" else w_hh.reshape(1, 4 * H, H)
             _run_blocks(_kernels.backward_rows, blocks, nthreads, dy, w_hh, w_hh_p, p, lengths,
                         reverse, tape.h0, tape.c0, tape.y, tape.gates, tape.c, dh, dc, da, hprev,
-                        dp, tmp, _PRODUCT[products])
+                        dp, tmp, _PRODUCT[products], blas=products == "blas")
         else:
             dp = np.zeros((1, 3, H), dtype)
             _kernels.backward_blas(dy, tape.w_hh, p, lengths, reverse, tape.h0, tape.c0,
