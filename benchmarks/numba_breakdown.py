@@ -73,7 +73,7 @@ def _packed_steps(r0, r1, z, w_p, acc, T):
     """T fused products z @ w (packed) for rows r0..r1-1, as the packed rows
     path does them (z = [x_t | h], w = [w_ih.T; w_hh.T])."""
     for _ in range(T):
-        _packed.matmul(z[r0:r1], w_p, acc[r0:r1])
+        _packed.matmul_wide(z[r0:r1], w_p, acc[r0:r1])
 
 
 @njit(nogil=True)

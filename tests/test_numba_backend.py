@@ -23,7 +23,7 @@ from polylstm.testing import Case, make_inputs  # noqa: E402
 from polylstm_numpy import reference  # noqa: E402
 
 import polylstm_numba  # noqa: E402
-from polylstm_numba import _activations, _backend, _blas_threads, _kernels  # noqa: E402
+from polylstm_numba import _activations, _backend, _blas_threads, _kernels, _packed  # noqa: E402
 
 # The PyPI scipy wheels bundle an OpenBLAS new enough for per-thread control;
 # without it the row blocks fall back to the hand-written product.
@@ -171,6 +171,26 @@ def test_packed_product_matches_a_float64_product(M, K, N, dtype):
     assert not _packed.packable(np.int64, 32, 4)
 
 
+# matmul_wide: every row tiling (as above) with panel counts below, at and
+# beyond its 1 x 3-panel leftover tiles.
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 6, 7, 9, 13, 32, 38])
+@pytest.mark.parametrize("panels", [1, 2, 3, 4, 5, 7])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_wide_packed_product_matches_a_float64_product(M, panels, dtype):
+    from polylstm_numba import _packed
+
+    K = 29
+    N = panels * _packed.WIDE_PANEL[dtype]
+    rng = np.random.default_rng(100 * M + panels)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    w = rng.standard_normal((K, N)).astype(dtype)
+    c = np.full((M, N), np.nan, dtype)
+    _packed.matmul_wide(a, _backend._pack(w, _packed.WIDE_PANEL[dtype]), c)
+    want = a.astype(np.float64) @ w.astype(np.float64)
+    tol = {"float32": 1e-5, "float64": 1e-13}[dtype]
+    assert np.abs(c - want).max() <= tol * np.abs(want).max() * np.sqrt(K)
+
+
 # Every tile of matmul_few: 1-3 rows, panel counts with 0-3 panels beyond
 # its groups (4 panels for one row, 2 for more), in both directions, with and
 # without the start from c0 + b.
@@ -228,7 +248,9 @@ def test_pack_transposed_stacks_weights_along_k(dtype):
     w_ih = rng.standard_normal((32, 5)).astype(dtype)  # (4H, I)
     w_hh = rng.standard_normal((32, 8)).astype(dtype)  # (4H, H)
     panels = _backend._pack_stacked(w_ih, w_hh)
-    np.testing.assert_array_equal(panels, _backend._pack(np.vstack([w_ih.T, w_hh.T])))
+    width = _packed.WIDE_PANEL[dtype]
+    assert panels.shape == (32 // width, 13, width)
+    np.testing.assert_array_equal(panels, _backend._pack(np.vstack([w_ih.T, w_hh.T]), width))
 
 
 

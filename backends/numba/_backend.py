@@ -448,11 +448,12 @@ _PLANS_MAX = 4096
 _PRODUCT = {"hand": _kernels.HAND, "blas": _kernels.BLAS, "packed": _kernels.PACKED}
 
 
-def _pack(w):
+def _pack(w, width=None):
     """``_packed.pack`` of the (K, N) matrix w into a new (N/L, K, L) array,
-    L = ``_packed.PANEL`` of its dtype (16 for float32, 8 for float64)."""
+    L = ``width`` or ``_packed.PANEL`` of its dtype (16 for float32, 8 for
+    float64)."""
     K, N = w.shape
-    width = _packed.PANEL_OF[w.dtype]
+    width = width or _packed.PANEL_OF[w.dtype]
     panels = np.empty((N // width, K, width), w.dtype)
     _packed.pack(w, panels)
     return panels
@@ -469,11 +470,13 @@ def _pack_transposed(w):
 
 
 def _pack_stacked(w_ih, w_hh):
-    """[w_ih.T; w_hh.T] (I+H, 4H) packed for ``_packed.matmul``: (4H/L, I+H, L),
-    L = ``_packed.PANEL`` of the dtype. w_ih: (4H, I)  w_hh: (4H, H)."""
+    """[w_ih.T; w_hh.T] (I+H, 4H) packed for ``_packed.matmul_wide``:
+    (4H/L, I+H, L), L = ``_packed.WIDE_PANEL`` of the dtype (32 for float32,
+    16 for float64; 4H is a multiple of it wherever the packed product
+    applies). w_ih: (4H, I)  w_hh: (4H, H)."""
     G, I = w_ih.shape
     H = w_hh.shape[1]
-    width = _packed.PANEL_OF[w_ih.dtype]
+    width = _packed.WIDE_PANEL_OF[w_ih.dtype]
     panels = np.empty((G // width, I + H, width), w_ih.dtype)
     _packed.pack_transposed(np.ascontiguousarray(w_ih), panels, 0)
     _packed.pack_transposed(np.ascontiguousarray(w_hh), panels, I)

@@ -355,7 +355,8 @@ def forward_packed(r0, r1, x, b, w_p, p, lengths, reverse, h, c, y, gates, ctape
 
     Each step multiplies z = [x_t | h_{t-1}] (rows, I+H) by the stacked
     weight [w_ih.T; w_hh.T] (I+H, 4H), packed once per call:
-    w_p = ``_packed.pack_transposed`` of w_ih then w_hh, (4H/L, I+H, L).
+    w_p = ``_packed.pack_transposed`` of w_ih then w_hh, (4H/L, I+H, L),
+    L = ``_packed.WIDE_PANEL`` (``_packed.matmul_wide``).
     No (T, B, 4H) projection buffer is written and read back: at
     T100-B64-H512 that buffer is 52 MB, beyond L3, first touched (page
     faults) on every call.
@@ -370,7 +371,7 @@ def forward_packed(r0, r1, x, b, w_p, p, lengths, reverse, h, c, y, gates, ctape
         tt = t if keep else 0
         z[r0:r1, :I] = x[t, r0:r1]
         z[r0:r1, I:] = h[r0:r1]
-        _packed.matmul(z[r0:r1], w_p, acc[r0:r1])
+        _packed.matmul_wide(z[r0:r1], w_p, acc[r0:r1])
         for r in range(r0, r1):
             if t < lengths[r]:
                 _biased_gate_row(acc[r], b, p, h[r], c[r], y[t, r], gates[tt, r], ctape[tt, r],

@@ -16,10 +16,19 @@ Measured on one Zen 4 core (float32, single-threaded, weight packed once),
 unpacked weight; 6 x 16 tiles: 109-113 at M = 36..48 in one run, within the
 noise of 4 x 16 in two repeats (see docs/benchmarks.md).
 
+``matmul_wide`` is the same product on panels twice as wide (``WIDE_PANEL``:
+32 float32 or 16 float64 columns), each a pair of 512-bit vectors: the same
+twelve accumulators per 6-row tile hold twice the columns, so each broadcast
+and each instruction feeds twice the multiply-adds. On Zen 4, which executes
+a 512-bit FMA as two 256-bit halves, a single-threaded product runs at the
+same 98-102 GFLOP/s either way, but the LSTM forward on two threads, whose
+gate passes and copies share the cores' load ports with the product, took
+0.86-0.97x the time (docs/benchmarks.md); the fused forward uses it.
+
 N must be a multiple of the panel width; the callers fall back to BLAS
 otherwise. The vector code is plain LLVM (``llvm.fma.v8f32`` /
-``llvm.fma.v4f64``), so it is correct on any CPU; it is fast where the CPU
-has 256-bit FMA.
+``llvm.fma.v4f64``, ``v16f32`` / ``v8f64`` for the wide panels), so it is
+correct on any CPU; it is fast where the CPU has 256-bit (512-bit) FMA.
 
 numba's on-disk cache keys a function on its own source file only: after
 editing this module, delete ``__pycache__`` here (or touch ``_kernels.py``),
@@ -40,9 +49,12 @@ _LANES = {"float32": 8, "float64": 4}
 #: PANEL by dtype object: ``dtype.name`` builds a string on every call
 #: (~1 us, per packed weight per call).
 PANEL_OF = {np.dtype(name): width for name, width in PANEL.items()}
+#: Columns per panel of ``matmul_wide``: two 512-bit vectors.
+WIDE_PANEL = {name: 2 * width for name, width in PANEL.items()}
+WIDE_PANEL_OF = {np.dtype(name): width for name, width in WIDE_PANEL.items()}
 
 
-def _tile_intrinsic(rows, panels=1, start=False):
+def _tile_intrinsic(rows, panels=1, start=False, wide=False):
     """An intrinsic ``tile(a, m0, wp, p, c)``: for each of the ``panels``
     panels q = p .. p+panels-1, c[m0:m0+rows, qL:qL+L] = a[m0:m0+rows, :] @ wp[q],
     for C-contiguous a (M, K), wp (P, K, L), c (M, N) of one float dtype,
@@ -56,7 +68,10 @@ def _tile_intrinsic(rows, panels=1, start=False):
     the same dtype: c = c0 + b + a @ w, the pre-activations of an LSTM step
     (c0 the input projection, b the bias) in one pass. c0 and b are read
     either way (a few vectors per tile), so they must be valid arrays of
-    those shapes."""
+    those shapes.
+
+    With ``wide``, the vectors have twice the lanes (512 bits) and
+    L = WIDE_PANEL[dtype]."""
 
     def typed(a, wp, c, start_args):
         """(signature, codegen) of the tile for these argument types."""
@@ -67,8 +82,8 @@ def _tile_intrinsic(rows, panels=1, start=False):
         if len(dtypes) != 1 or next(iter(dtypes)) not in PANEL:
             raise TypeError(f"tile: the arrays must share a float32 or float64 dtype, got {dtypes}")
         name = next(iter(dtypes))
-        lanes = _LANES[name]
-        panel_width = PANEL[name]
+        lanes = _LANES[name] * (2 if wide else 1)
+        panel_width = 2 * lanes
 
         def codegen(context, builder, signature, args):
             a_v, m0_v, wp_v, p_v, c_v = args[:5]
@@ -186,6 +201,12 @@ _tile4 = _tile_intrinsic(4)
 # beyond a multiple of six.
 _tile1x6 = _tile_intrinsic(1, 6)
 _tile1 = _tile_intrinsic(1)
+# The same shapes on wide panels; the leftover rows span three of them
+# (twelve accumulators again).
+_wide6 = _tile_intrinsic(6, wide=True)
+_wide4 = _tile_intrinsic(4, wide=True)
+_wide1x3 = _tile_intrinsic(1, 3, wide=True)
+_wide1 = _tile_intrinsic(1, wide=True)
 # matmul_few: all of its 1-3 rows in one tile, so each weight vector loaded
 # feeds every row; (rows, panels) keeps 8-12 accumulators, and the leftover
 # panels go in one narrower tile. They can start from c0 + b (``start``).
@@ -225,6 +246,20 @@ def pack_transposed(w, wp, k0):
 
 
 @njit(cache=True, nogil=True)
+def _row_tiles(M):
+    """(M6, M4) for M rows: 6-row tiles cover rows 0..M6-1, then up to two
+    4-row tiles rows M6..M4-1, chosen so that at most 3 rows are left."""
+    n4 = 0
+    best = M % 6
+    for k in (1, 2):
+        if 4 * k <= M and (M - 4 * k) % 6 < best:
+            n4 = k
+            best = (M - 4 * k) % 6
+    M6 = (M - 4 * n4) // 6 * 6
+    return M6, M6 + 4 * n4
+
+
+@njit(cache=True, nogil=True)
 def matmul(a, wp, c):
     """c (M, N) = a (M, K) @ w, where wp = pack(w); C-contiguous, one float
     dtype, N = L * wp.shape[0] with L = wp.shape[2] = PANEL[dtype],
@@ -237,14 +272,7 @@ def matmul(a, wp, c):
     a batch of one per thread) go one at a time in 1 x 6-panel tiles, which
     also keep twelve accumulators."""
     M = a.shape[0]
-    n4 = 0
-    best = M % 6
-    for k in (1, 2):
-        if 4 * k <= M and (M - 4 * k) % 6 < best:
-            n4 = k
-            best = (M - 4 * k) % 6
-    M6 = (M - 4 * n4) // 6 * 6
-    M4 = M6 + 4 * n4
+    M6, M4 = _row_tiles(M)
     P = wp.shape[0]
     if M4 > 0:
         for p in range(P):
@@ -258,6 +286,29 @@ def matmul(a, wp, c):
             _tile1x6(a, m0, wp, p, c)
         for p in range(P6, P):
             _tile1(a, m0, wp, p, c)
+
+
+@njit(cache=True, nogil=True)
+def matmul_wide(a, wp, c):
+    """``matmul`` on wide panels: wp = pack(w) into L = WIDE_PANEL[dtype]
+    columns per panel (twice PANEL), N a multiple of L. The same tiling:
+    6- and 4-row tiles of one panel, the 1-3 rows left over in 1 x 3-panel
+    tiles, then 1 x 1."""
+    M = a.shape[0]
+    M6, M4 = _row_tiles(M)
+    P = wp.shape[0]
+    if M4 > 0:
+        for p in range(P):
+            for m0 in range(0, M6, 6):
+                _wide6(a, m0, wp, p, c)
+            for m0 in range(M6, M4, 4):
+                _wide4(a, m0, wp, p, c)
+    P3 = P - P % 3
+    for m0 in range(M4, M):
+        for p in range(0, P3, 3):
+            _wide1x3(a, m0, wp, p, c)
+        for p in range(P3, P):
+            _wide1(a, m0, wp, p, c)
 
 
 def packable(dtype, N, K) -> bool:
