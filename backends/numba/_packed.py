@@ -21,9 +21,9 @@ noise of 4 x 16 in two repeats (see docs/benchmarks.md).
 twelve accumulators per 6-row tile hold twice the columns, so each broadcast
 and each instruction feeds twice the multiply-adds. On Zen 4, which executes
 a 512-bit FMA as two 256-bit halves, a single-threaded product runs at the
-same 98-102 GFLOP/s either way, but the LSTM forward on two threads, whose
-gate passes and copies share the cores' load ports with the product, took
-0.86-0.97x the time (docs/benchmarks.md); the fused forward uses it.
+same 98-102 GFLOP/s either way, but the fused LSTM forward on two threads
+took 0.86-0.97x the time with it (docs/benchmarks.md; why the product alone
+does not show it was not measured), so that forward uses it.
 
 N must be a multiple of the panel width; the callers fall back to BLAS
 otherwise. The vector code is plain LLVM (``llvm.fma.v8f32`` /
