@@ -53,11 +53,20 @@ def import_revision(revision: str):
                                     capture_output=True).stdout
             destination = os.path.join(target, os.path.basename(path))
             # Rewritten only when it changed: numba's cache checks the file's time stamp.
-            if not os.path.exists(destination) or open(destination, "rb").read() != source:
+            if _read(destination) != source:
                 with open(destination, "wb") as handle:
                     handle.write(source)
     sys.path.insert(0, root)
     return importlib.import_module(f"{PACKAGE}._backend")
+
+
+def _read(path: str):
+    """The bytes of ``path``, or None when there is no such file."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
 
 
 def call(backend, inputs: bm.Inputs, mode: str, tape=None):

@@ -148,6 +148,20 @@ def test_large_batch_uses_more_than_the_leftover_rows(products):
         np.testing.assert_allclose(rows[name], blas[name], rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+def _check_packed_product(product, M, K, N, width, dtype, seed):
+    """``product`` (``_packed.matmul`` or ``matmul_wide``) of random (M, K)
+    and (K, N) operands, the weight packed ``width`` columns to a panel,
+    against the float64 product."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    w = rng.standard_normal((K, N)).astype(dtype)
+    c = np.full((M, N), np.nan, dtype)
+    product(a, _backend._pack(w, width), c)
+    want = a.astype(np.float64) @ w.astype(np.float64)
+    tol = {"float32": 1e-5, "float64": 1e-13}[dtype]
+    assert np.abs(c - want).max() <= tol * np.abs(want).max() * np.sqrt(K)
+
+
 # M covers every way rows are tiled (6- and 4-row tiles, then 1, 2 or 3 rows
 # left over), N panel counts with and without panels beyond the 1 x 6 tiles.
 @pytest.mark.parametrize("M,K,N", [(1, 1, 16), (5, 3, 16), (7, 130, 48), (32, 256, 1024),
@@ -156,16 +170,7 @@ def test_large_batch_uses_more_than_the_leftover_rows(products):
                                    (2, 7, 96), (3, 12, 64), (7, 5, 208)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_packed_product_matches_a_float64_product(M, K, N, dtype):
-    from polylstm_numba import _packed
-
-    rng = np.random.default_rng(M * K + N)
-    a = rng.standard_normal((M, K)).astype(dtype)
-    w = rng.standard_normal((K, N)).astype(dtype)
-    c = np.full((M, N), np.nan, dtype)
-    _packed.matmul(a, _backend._pack(w), c)
-    want = a.astype(np.float64) @ w.astype(np.float64)
-    tol = {"float32": 1e-5, "float64": 1e-13}[dtype]
-    assert np.abs(c - want).max() <= tol * np.abs(want).max() * np.sqrt(K)
+    _check_packed_product(_packed.matmul, M, K, N, _packed.PANEL[dtype], dtype, M * K + N)
     assert _packed.packable(np.float32, 32, 4) and _packed.packable(np.float64, 24, 4)
     assert not _packed.packable(np.float32, 24, 4) and not _packed.packable(np.float64, 20, 4)
     assert not _packed.packable(np.int64, 32, 4)
@@ -177,18 +182,9 @@ def test_packed_product_matches_a_float64_product(M, K, N, dtype):
 @pytest.mark.parametrize("panels", [1, 2, 3, 4, 5, 7])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_wide_packed_product_matches_a_float64_product(M, panels, dtype):
-    from polylstm_numba import _packed
-
-    K = 29
-    N = panels * _packed.WIDE_PANEL[dtype]
-    rng = np.random.default_rng(100 * M + panels)
-    a = rng.standard_normal((M, K)).astype(dtype)
-    w = rng.standard_normal((K, N)).astype(dtype)
-    c = np.full((M, N), np.nan, dtype)
-    _packed.matmul_wide(a, _backend._pack(w, _packed.WIDE_PANEL[dtype]), c)
-    want = a.astype(np.float64) @ w.astype(np.float64)
-    tol = {"float32": 1e-5, "float64": 1e-13}[dtype]
-    assert np.abs(c - want).max() <= tol * np.abs(want).max() * np.sqrt(K)
+    width = _packed.WIDE_PANEL[dtype]
+    _check_packed_product(_packed.matmul_wide, M, 29, panels * width, width, dtype,
+                          100 * M + panels)
 
 
 # Every tile of matmul_few: 1-3 rows, panel counts with 0-3 panels beyond
