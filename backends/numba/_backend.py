@@ -449,38 +449,26 @@ _PRODUCT = {"hand": _kernels.HAND, "blas": _kernels.BLAS, "packed": _kernels.PAC
 
 
 def _pack(w, width=None):
-    """``_packed.pack`` of the (K, N) matrix w into a new (N/L, K, L) array,
-    L = ``width`` or ``_packed.PANEL`` of its dtype (16 for float32, 8 for
-    float64)."""
-    K, N = w.shape
-    width = width or _packed.PANEL_OF[w.dtype]
-    panels = np.empty((N // width, K, width), w.dtype)
-    _packed.pack(w, panels)
-    return panels
+    """``_packed.pack`` of the (K, N) matrix w into a new (N/L, K, L) array
+    aligned to a cache line, L = ``width`` or ``_packed.PANEL`` of its dtype
+    (16 for float32, 8 for float64)."""
+    return _packed.packed(np.ascontiguousarray(w), width or _packed.PANEL_OF[w.dtype])
 
 
 def _pack_transposed(w):
     """w.T packed for ``_packed.matmul``: (N/L, K, L) for w (N, K), L =
-    ``_packed.PANEL`` of its dtype; no transposed copy of w is made."""
-    N, K = w.shape
-    width = _packed.PANEL_OF[w.dtype]
-    panels = np.empty((N // width, K, width), w.dtype)
-    _packed.pack_transposed(np.ascontiguousarray(w), panels, 0)
-    return panels
+    ``_packed.PANEL`` of its dtype, aligned to a cache line; no transposed
+    copy of w is made."""
+    return _packed.packed_transposed(np.ascontiguousarray(w), _packed.PANEL_OF[w.dtype])
 
 
 def _pack_stacked(w_ih, w_hh):
     """[w_ih.T; w_hh.T] (I+H, 4H) packed for ``_packed.matmul_wide``:
-    (4H/L, I+H, L), L = ``_packed.WIDE_PANEL`` of the dtype (32 for float32,
-    16 for float64; 4H is a multiple of it wherever the packed product
-    applies). w_ih: (4H, I)  w_hh: (4H, H)."""
-    G, I = w_ih.shape
-    H = w_hh.shape[1]
-    width = _packed.WIDE_PANEL_OF[w_ih.dtype]
-    panels = np.empty((G // width, I + H, width), w_ih.dtype)
-    _packed.pack_transposed(np.ascontiguousarray(w_ih), panels, 0)
-    _packed.pack_transposed(np.ascontiguousarray(w_hh), panels, I)
-    return panels
+    (4H/L, I+H, L) aligned to a cache line, L = ``_packed.WIDE_PANEL`` of
+    the dtype (32 for float32, 16 for float64; 4H is a multiple of it
+    wherever the packed product applies). w_ih: (4H, I)  w_hh: (4H, H)."""
+    return _packed.packed_stacked(np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh),
+                                  _packed.WIDE_PANEL_OF[w_ih.dtype])
 
 
 def _forward_output(y, h, c, gates, ctape, store):
