@@ -224,7 +224,8 @@ def test_packed_rows_are_chosen_for_large_float32_hidden_sizes():
         assert backend.choose_row_products(64, 2, 250, np.float32) == "blas"  # H % 16 != 0
         # Small H: packed from PACKED_MIN_ROWS rows per thread.
         assert backend.choose_row_products(32, 2, 128, np.float32) == "packed"
-        assert backend.choose_row_products(16, 2, 128, np.float32) == "blas"
+        assert backend.choose_row_products(10, 2, 128, np.float32) == "packed"
+        assert backend.choose_row_products(8, 2, 128, np.float32) == "blas"
         assert backend.choose_path(32, 128, 2, np.float32) == "rows"
         # Blocks of 1-3 rows: packed where it applies, else hand-written.
         assert backend.choose_row_products(1, 2, 64, np.float32) == "packed"

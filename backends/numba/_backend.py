@@ -73,13 +73,17 @@ ONE_ROW_BACKWARD_ROWS_MAX_H = 256
 #: Up to ROWS_PATH_MAX_H, the packed kernel (with the input projection fused
 #: into it) is used from this many rows per thread; below it the blocks'
 #: single-threaded BLAS calls are as fast or faster. Packed / BLAS rows time,
-#: 2 threads, forward and fwd+bwd: float32 T100-B8-H192 (4 rows per thread)
-#: 1.03 and 1.04, T100-B16-H128 (8 rows) 0.97-1.13 and 1.01-1.02,
-#: T100-B32-H128 0.94 and 0.96, T100-B64-H128 0.92 and 0.96, T100-B64-H192
-#: 0.83 and 0.98, T50-B512-H128 0.67 and 0.94, T100-B64-I2-H32 (the demo)
-#: 0.71 and 0.84; float64 T100-B16-H128 1.03 and 1.03, T100-B32-H192 0.95
-#: and 0.96.
-PACKED_MIN_ROWS = 16
+#: 2 threads, forward and fwd+bwd, medians of interleaved calls in one
+#: process, since the wide panels and the aligned packed weights (2026-11-29):
+#: float32 T100-B16-H128 (8 rows per thread) 0.86 and 0.98, T100-B16-H192
+#: 0.85 and 0.97, T100-B16-I64-H64 0.90 and 1.00, T100-B24-H128 0.83 and
+#: 0.91, T100-B12-I64-H64 (6 rows) 0.83 and 0.88, T100-B10-I256-H128 (5
+#: rows) 0.94 and 0.98; float64 T100-B16-H128 0.92 and 0.99. At 4 rows per
+#: thread it is a wash: T100-B8 at H=64..192 forward 0.89-0.97, fwd+bwd
+#: 0.98-1.04 (T200-B8-H128 1.04). (Before the wide panels, at 16 rows per
+#: thread and above: T100-B32-H128 0.94 and 0.96, T50-B512-H128 0.67 and
+#: 0.94, T100-B64-I2-H32, the demo, 0.71 and 0.84.)
+PACKED_MIN_ROWS = 5
 
 
 #: Below this many multiply-adds per forward call (T*B*4H*(I+H)), one thread
