@@ -251,6 +251,20 @@ def test_pack_transposed_stacks_weights_along_k(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("N, K, panel", [(32, 5, "narrow"), (64, 37, "wide"), (512, 128, "wide"),
+                                         (256, 64, "narrow"), (16, 8, "narrow"), (96, 19, "narrow")])
+def test_pack_transposed_writes_exactly_its_k_range(N, K, panel, dtype):
+    # Register-transposed blocks of 8 (4 for float64) columns plus the
+    # columns left over, written at an offset k0 along K; nothing else.
+    L = (_packed.WIDE_PANEL if panel == "wide" else _packed.PANEL)[dtype]
+    w = np.random.default_rng(N + K).standard_normal((N, K)).astype(dtype)
+    wp = np.full((N // L, K + 5, L), np.nan, dtype)
+    _packed.pack_transposed(w, wp, 2)
+    np.testing.assert_array_equal(wp[:, 2:2 + K], w.T.reshape(K, N // L, L).transpose(1, 0, 2))
+    assert np.isnan(wp[:, :2]).all() and np.isnan(wp[:, 2 + K:]).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_packed_weights_start_on_a_cache_line(dtype):
     # The kernels read whole panels with vector loads: a panel that starts
     # mid-line splits loads across lines (10% of a T200-B1-H64 forward).

@@ -226,23 +226,114 @@ def pack(w, wp):
                 wp[p, k, j] = w[k, p * L + j]
 
 
+def _transpose_intrinsic():
+    """An intrinsic ``transpose_block(w, j0, k0, wp, p, k1, jp)``: for
+    C-contiguous w (N, K) and wp (P, K', L) of one float dtype and n = 8
+    (float32) or 4 (float64) lanes of a 256-bit vector,
+    wp[p, k1 + k, jp + j] = w[j0 + j, k0 + k] for j, k in 0..n-1: an n x n
+    block transposed in registers (n row loads, a shuffle network of
+    log2(n) stages, n stores), where a loop of scalar copies gathers each
+    output vector from n rows."""
+
+    def butterfly(builder, vectors, n):
+        """The n vectors (rows) of an n x n block, transposed (columns).
+        Stage ``width`` = 1, 2, .. n/2 pairs the vectors ``width`` apart and
+        interleaves runs of ``width`` lanes of the two (unpacklo/hi, then
+        pairs, then 128-bit halves for n = 8). Each lane's (row, column) is
+        tracked alongside, and the result is checked when the intrinsic is
+        compiled: vector k must hold column k of rows 0..n-1 in order."""
+        mask_type = ir.VectorType(ir.IntType(32), n)
+        values = list(vectors)
+        lanes = [[(r, c) for c in range(n)] for r in range(n)]
+        width = 1
+        while width < n:
+            lo = [b + q + side for b in range(0, n, 2 * width) for side in (0, n) for q in range(width)]
+            hi = [m + width for m in lo]
+            for a in (v for v in range(n) if not v & width):
+                b = a + width
+                pair = lanes[a] + lanes[b]
+                values[a], values[b] = (
+                    builder.shuffle_vector(values[a], values[b], ir.Constant(mask_type, mask))
+                    for mask in (lo, hi))
+                lanes[a], lanes[b] = [pair[m] for m in lo], [pair[m] for m in hi]
+            width *= 2
+        columns = [None] * n
+        for v in range(n):
+            assert [r for r, _ in lanes[v]] == list(range(n)), lanes[v]
+            assert len({c for _, c in lanes[v]}) == 1, lanes[v]
+            columns[lanes[v][0][1]] = values[v]
+        return columns
+
+    @intrinsic
+    def transpose_block(typingctx, w, j0, k0, wp, p, k1, jp):
+        dtypes = {str(getattr(t, "dtype", "")) for t in (w, wp)}
+        if len(dtypes) != 1 or next(iter(dtypes)) not in PANEL:
+            raise TypeError(f"transpose_block: the arrays must share a float32 or float64 dtype, got {dtypes}")
+        if w.layout != "C" or wp.layout != "C" or w.ndim != 2 or wp.ndim != 3:
+            raise TypeError("transpose_block: w (N, K) and wp (P, K', L) must be C-contiguous")
+        name = next(iter(dtypes))
+        n = _LANES[name]
+        sig = types.void(w, types.intp, types.intp, wp, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            w_v, j0_v, k0_v, wp_v, p_v, k1_v, jp_v = args
+            W = context.make_array(signature.args[0])(context, builder, w_v)
+            WP = context.make_array(signature.args[3])(context, builder, wp_v)
+            element = ir.FloatType() if name == "float32" else ir.DoubleType()
+            vec = ir.VectorType(element, n)
+            i64 = ir.IntType(64)
+            align = 4 if name == "float32" else 8
+            K = builder.extract_value(W.shape, 1)
+            Kp = builder.extract_value(WP.shape, 1)
+            L = builder.extract_value(WP.shape, 2)
+            rows = []
+            for j in range(n):
+                start = builder.add(builder.mul(builder.add(j0_v, ir.Constant(i64, j)), K), k0_v)
+                ptr = builder.bitcast(builder.gep(W.data, [start]), vec.as_pointer())
+                rows.append(builder.load(ptr, align=align))
+            columns = butterfly(builder, rows, n)
+            panel = builder.mul(p_v, Kp)
+            for k in range(n):
+                row = builder.add(panel, builder.add(k1_v, ir.Constant(i64, k)))
+                start = builder.add(builder.mul(row, L), jp_v)
+                ptr = builder.bitcast(builder.gep(WP.data, [start]), vec.as_pointer())
+                builder.store(columns[k], ptr, align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return transpose_block
+
+
+_transpose_block = _transpose_intrinsic()
+
+
 @njit(cache=True, nogil=True)
 def pack_transposed(w, wp, k0):
     """wp[:, k0:k0+K, :] = the (K, N) matrix w.T in L-column panels, for
     w (N, K) C-contiguous and L = wp.shape[2]: stacks weights stored
-    (out, in), such as an LSTM's (4H, I), along K without a transposed copy."""
+    (out, in), such as an LSTM's (4H, I), along K without a transposed copy.
+
+    n x n blocks (n = 8 float32, 4 float64 values) are transposed in
+    registers; the K % n columns left over are copied one value at a time.
+    Measured, float32, both weights of an LSTM stacked into a new array,
+    against the scalar copy loop this replaced: I = H = 128, 15-19 us
+    against 39 us (50 against 94 us inside a T100-B16 forward, whose
+    previous call has evicted the weights from L2); I = H = 512, 0.47-0.89
+    against 2.4-3.7 ms; I = 32, H = 64, 4 against 8 us."""
     N, K = w.shape
     L = wp.shape[2]
-    # Blocks of 64 k: the L source rows' blocks stay in L1 while the panel is
-    # written in order (2x faster than walking a source row at a time).
-    KB = 64
+    n = 32 // w.itemsize
+    Kn = K - K % n
     for p in range(N // L):
+        for k in range(0, Kn, n):
+            for j in range(0, L, n):
+                _transpose_block(w, p * L + j, k, wp, p, k0 + k, j)
         rows = w[p * L:(p + 1) * L]
-        for kb in range(0, K, KB):
-            for k in range(kb, min(K, kb + KB)):
-                out = wp[p, k0 + k]
-                for j in range(L):
-                    out[j] = rows[j, k]
+        for k in range(Kn, K):
+            out = wp[p, k0 + k]
+            for j in range(L):
+                out[j] = rows[j, k]
 
 
 #: Packed weights start on a cache-line boundary (64 bytes), so that no
