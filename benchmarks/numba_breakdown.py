@@ -71,7 +71,7 @@ def _row_steps(r0, r1, h, w_hh_t, w_hh_p, acc, T, product):
 @njit(nogil=True)
 def _packed_steps(r0, r1, z, w_p, acc, T):
     """T fused products z @ w (packed) for rows r0..r1-1, as the packed rows
-    path does them (z = [x_t | h], w = [w_ih.T; w_hh.T])."""
+    path does them (z = [x_t | h | 1], w = [w_ih.T; w_hh.T; b])."""
     for _ in range(T):
         _packed.matmul_wide(z[r0:r1], w_p, acc[r0:r1])
 
@@ -85,20 +85,12 @@ def _few_row_steps(r0, r1, h, w_hh_p, acc, xw, b, T):
 
 
 @njit(nogil=True)
-def _few_row_gate_passes(r0, r1, acc, p, h, c, y, g, ct, T):
-    """T gate passes of a 1-3-row packed block (projection and bias already
-    in the product)."""
+def _product_gate_passes(r0, r1, acc, p, h, c, y, g, ct, T):
+    """T gate passes of the packed path (projection and bias already in the
+    product: the fused forward and the 1-3-row blocks)."""
     for t in range(T):
         for r in range(r0, r1):
             _kernels._gate_row(acc[r], p, h[r], c[r], y[t, r], g[0, r], ct[0, r], False)
-
-
-@njit(nogil=True)
-def _packed_gate_passes(r0, r1, acc, b, p, h, c, y, g, ct, T):
-    """T gate passes of the packed path (bias added, no projection to read)."""
-    for t in range(T):
-        for r in range(r0, r1):
-            _kernels._biased_gate_row(acc[r], b, p, h[r], c[r], y[t, r], g[0, r], ct[0, r], False)
 
 
 @njit(nogil=True)
@@ -166,11 +158,11 @@ def breakdown(shape: bm.Shape, repeats: int):
         # The input projection is fused into the per-step products: one
         # product [x_t | h] @ [w_ih.T; w_hh.T] per step and block.
         path = "rows, packed products"
-        w_p = _backend._pack_stacked(inp.w_ih, inp.w_hh)
-        z = np.zeros((B, I + H), dt)
-        proj = _median_ms(lambda: _backend._pack_stacked(inp.w_ih, inp.w_hh), repeats)
+        w_p = _backend._pack_stacked(inp.w_ih, inp.w_hh, inp.b)
+        z = np.zeros((B, I + H + 1), dt)
+        proj = _median_ms(lambda: _backend._pack_stacked(inp.w_ih, inp.w_hh, inp.b), repeats)
         rec = _median_ms(lambda: on_blocks(_packed_steps, z, w_p, acc, T), repeats)
-        proj_name = "packing [w_ih.T; w_hh.T]"
+        proj_name = "packing [w_ih.T; w_hh.T; b]"
         rec_name = "T fused products (input + recurrent)"
         rec_flops += proj_flops
         proj_flops = 0
@@ -180,11 +172,8 @@ def breakdown(shape: bm.Shape, repeats: int):
         unused = w_hh_t.reshape(1, H, 4 * H)
         proj = _median_ms(lambda: on_blocks(_row_projection, inp.x, w_ih_t, xw, kind), repeats)
         rec = _median_ms(lambda: on_blocks(_row_steps, h, w_hh_t, unused, acc, T, kind), repeats)
-    if few:
-        gates = _median_ms(lambda: on_blocks(_few_row_gate_passes, acc, p, h, c, y, g, ct, T),
-                           repeats)
-    elif products == "packed":
-        gates = _median_ms(lambda: on_blocks(_packed_gate_passes, acc, inp.b, p, h, c, y, g, ct, T),
+    if products == "packed":
+        gates = _median_ms(lambda: on_blocks(_product_gate_passes, acc, p, h, c, y, g, ct, T),
                            repeats)
     else:
         gates = _median_ms(lambda: on_blocks(_gate_passes, acc, xw, inp.b, p, h, c, y, g, ct),

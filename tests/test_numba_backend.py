@@ -244,10 +244,11 @@ def test_pack_transposed_stacks_weights_along_k(dtype):
     rng = np.random.default_rng(3)
     w_ih = rng.standard_normal((32, 5)).astype(dtype)  # (4H, I)
     w_hh = rng.standard_normal((32, 8)).astype(dtype)  # (4H, H)
-    panels = _backend._pack_stacked(w_ih, w_hh)
+    b = rng.standard_normal(32).astype(dtype)  # (4H,): the last row
+    panels = _backend._pack_stacked(w_ih, w_hh, b)
     width = _packed.WIDE_PANEL[dtype]
-    assert panels.shape == (32 // width, 13, width)
-    np.testing.assert_array_equal(panels, _backend._pack(np.vstack([w_ih.T, w_hh.T]), width))
+    assert panels.shape == (32 // width, 14, width)
+    np.testing.assert_array_equal(panels, _backend._pack(np.vstack([w_ih.T, w_hh.T, b]), width))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -274,7 +275,7 @@ def test_packed_weights_start_on_a_cache_line(dtype):
         w_hh = rng.standard_normal((G, H)).astype(dtype)
         for _ in range(3):  # fresh allocations land at different offsets
             for panels in (_backend._pack(w_hh.T), _backend._pack_transposed(w_hh),
-                           _backend._pack_stacked(w_ih, w_hh)):
+                           _backend._pack_stacked(w_ih, w_hh, w_hh[:, 0].copy())):
                 assert panels.ctypes.data % _packed.ALIGN == 0
                 assert panels.flags.c_contiguous
         np.testing.assert_array_equal(_backend._pack_transposed(w_hh), _backend._pack(w_hh.T))

@@ -357,13 +357,13 @@ class NumbaBackend(Backend):
         reverse = bool(reverse)
         nthreads, rows, products = self._plan(T, B, I, H, dtype)
         if _whole_packed_blocks(products, B, nthreads):
-            # The input projection is fused into the per-step products: no
-            # (T, B, 4H) projection buffer.
-            w_p = _pack_stacked(w_ih, w_hh)
-            z = np.empty((B, I + H), dtype)
+            # The input projection and the bias are fused into the per-step
+            # products: no (T, B, 4H) projection buffer, no bias pass.
+            w_p = _pack_stacked(w_ih, w_hh, b)
+            z = np.empty((B, I + H + 1), dtype)
             _run_blocks(_without_block_index(_kernels.forward_packed),
                         _row_blocks(B, nthreads, whole=True), nthreads,
-                        x, b, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc, blas=False)
+                        x, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc, blas=False)
             return _forward_output(y, h, c, gates, ctape, store)
         if store and alloc is np.empty:
             # The input projection x @ w_ih.T goes straight into the gate tape:
@@ -466,13 +466,14 @@ def _pack_transposed(w):
     return _packed.packed_transposed(np.ascontiguousarray(w), _packed.PANEL_OF[w.dtype])
 
 
-def _pack_stacked(w_ih, w_hh):
-    """[w_ih.T; w_hh.T] (I+H, 4H) packed for ``_packed.matmul_wide``:
-    (4H/L, I+H, L) aligned to a cache line, L = ``_packed.WIDE_PANEL`` of
+def _pack_stacked(w_ih, w_hh, b):
+    """[w_ih.T; w_hh.T; b] (I+H+1, 4H) packed for ``_packed.matmul_wide``:
+    (4H/L, I+H+1, L) aligned to a cache line, L = ``_packed.WIDE_PANEL`` of
     the dtype (32 for float32, 16 for float64; 4H is a multiple of it
-    wherever the packed product applies). w_ih: (4H, I)  w_hh: (4H, H)."""
+    wherever the packed product applies). w_ih: (4H, I)  w_hh: (4H, H)
+    b: (4H,); ``_packed.packed_stacked``."""
     return _packed.packed_stacked(np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh),
-                                  _packed.WIDE_PANEL_OF[w_ih.dtype])
+                                  np.ascontiguousarray(b), _packed.WIDE_PANEL_OF[w_ih.dtype])
 
 
 def _forward_output(y, h, c, gates, ctape, store):

@@ -190,16 +190,6 @@ def _gate_loop_summed(a, xr, b, p, hr, cr, yr):
 
 
 @njit(cache=True, inline="always", fastmath=_FASTMATH, error_model="numpy")
-def _biased_gate_row(a, b, p, hr, cr, yr, gr, ctr, keep):
-    """``_gate_row`` after adding the bias b (4H,) to ``a``, which already holds
-    the input and recurrent terms (the fused product of ``forward_packed``).
-    Inlined: as a called function it made the H = 64 gate pass 16% slower."""
-    for j in range(a.shape[0]):
-        a[j] += b[j]
-    _gate_row(a, p, hr, cr, yr, gr, ctr, keep)
-
-
-@njit(cache=True, inline="always", fastmath=_FASTMATH, error_model="numpy")
 def _gate_row(a, p, hr, cr, yr, gr, ctr, keep):
     """The gates of one sequence at one step, from its pre-activations.
 
@@ -348,34 +338,37 @@ def forward_rows(r0, r1, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, rever
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
-def forward_packed(r0, r1, x, b, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc):
+def forward_packed(r0, r1, x, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc):
     """Whole forward for batch rows r0..r1-1 on the packed kernel, the input
-    projection fused into the per-step product (GIL released: one row block
-    per thread).
+    projection and the bias fused into the per-step product (GIL released:
+    one row block per thread).
 
-    Each step multiplies z = [x_t | h_{t-1}] (rows, I+H) by the stacked
-    weight [w_ih.T; w_hh.T] (I+H, 4H), packed once per call:
-    w_p = ``_packed.pack_transposed`` of w_ih then w_hh, (4H/L, I+H, L),
+    Each step multiplies z = [x_t | h_{t-1} | 1] (rows, I+H+1) by the
+    stacked weight [w_ih.T; w_hh.T; b] (I+H+1, 4H), packed once per call:
+    w_p = ``_packed.packed_stacked``, (4H/L, I+H+1, L),
     L = ``_packed.WIDE_PANEL`` (``_packed.matmul_wide``).
     No (T, B, 4H) projection buffer is written and read back: at
     T100-B64-H512 that buffer is 52 MB, beyond L3, first touched (page
-    faults) on every call.
+    faults) on every call. The bias row costs one multiply-add per output
+    in the product instead of a pass of its own over the pre-activations,
+    with the same bits (see ``packed_stacked``).
 
-    x: (T, B, I)   b: (4H,)   z: (B, I+H) scratch   acc: (B, 4H) scratch.
+    x: (T, B, I)   z: (B, I+H+1) scratch   acc: (B, 4H) scratch.
     Other arguments as ``_forward_steps``.
     """
     T, B, I = x.shape
+    H = h.shape[1]
     keep = gates.shape[0] == T
+    z[r0:r1, I + H] = 1
     for s in range(T):
         t = T - 1 - s if reverse else s
         tt = t if keep else 0
         z[r0:r1, :I] = x[t, r0:r1]
-        z[r0:r1, I:] = h[r0:r1]
+        z[r0:r1, I:I + H] = h[r0:r1]
         _packed.matmul_wide(z[r0:r1], w_p, acc[r0:r1])
         for r in range(r0, r1):
             if t < lengths[r]:
-                _biased_gate_row(acc[r], b, p, h[r], c[r], y[t, r], gates[tt, r], ctape[tt, r],
-                                 keep)
+                _gate_row(acc[r], p, h[r], c[r], y[t, r], gates[tt, r], ctape[tt, r], keep)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

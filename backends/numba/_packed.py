@@ -377,13 +377,19 @@ def packed_transposed(w, L):
 
 
 @njit(cache=True, nogil=True)
-def packed_stacked(w_ih, w_hh, L):
-    """[w_ih.T; w_hh.T] (I+H, N) packed into a new aligned (N/L, I+H, L)
-    array; w_ih: (N, I), w_hh: (N, H), both C-contiguous, N a multiple of L."""
+def packed_stacked(w_ih, w_hh, b, L):
+    """[w_ih.T; w_hh.T; b] (I+H+1, N) packed into a new aligned
+    (N/L, I+H+1, L) array; w_ih: (N, I), w_hh: (N, H), both C-contiguous,
+    b: (N,), N a multiple of L. Multiplied by [x_t | h | 1], the last row
+    adds the bias in the product's last multiply-add: 1 * b[n] is exact, so
+    the sum is rounded as (x_t @ w_ih.T + h @ w_hh.T) + b, bit for bit."""
     N, I = w_ih.shape
-    wp = new_panels(N // L, I + w_hh.shape[1], L, w_ih)
+    K = I + w_hh.shape[1]
+    wp = new_panels(N // L, K + 1, L, w_ih)
     pack_transposed(w_ih, wp, 0)
     pack_transposed(w_hh, wp, I)
+    for p in range(N // L):
+        wp[p, K] = b[p * L:(p + 1) * L]
     return wp
 
 
