@@ -24,6 +24,8 @@ import os
 import threading
 from typing import Iterable, Optional
 
+import numpy as np
+
 from ._registry import REGISTRY
 from .backend import Backend
 from .errors import BackendUnavailableError, InputError
@@ -81,7 +83,9 @@ def resolve(explicit: Optional[str], arrays: Iterable[tuple[str, object]]) -> tu
 
     kinds: dict[str, str] = {}
     for arg, array in arrays:
-        if array is not None and hasattr(array, "shape"):
+        if type(array) is np.ndarray:  # the common case, without the module lookup
+            kinds.setdefault("numpy", arg)
+        elif array is not None and hasattr(array, "shape"):
             kinds.setdefault(array_type_of(array), arg)
     device_kinds = [k for k in kinds if k != "numpy"]
     if len(device_kinds) > 1 or (device_kinds and "numpy" in kinds):

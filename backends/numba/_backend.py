@@ -161,6 +161,11 @@ def _run_tasks(tasks, nthreads, blas=True):
 def _run_blocks(function, blocks, nthreads, *args, blas=True):
     """``function(r0, r1, k, *args)`` for every row block k, on up to
     ``nthreads`` threads (``_run_tasks``; ``blas``: whether it calls BLAS)."""
+    if len(blocks) == 1 and not blas:
+        # One block calling no BLAS (a small batch): straight to the kernel,
+        # without the task list (~2 us, 1% of a T200-B1-I32-H64 forward).
+        function(blocks[0][0], blocks[0][1], 0, *args)
+        return
     _run_tasks([functools.partial(function, r0, r1, k, *args)
                 for k, (r0, r1) in enumerate(blocks)], nthreads, blas)
 
@@ -490,12 +495,20 @@ def _without_block_index(kernel):
 
 
 def _lengths(lengths, T, B):
-    """(B,) int64 lengths; all T when the call has none."""
+    """(B,) int64 lengths; all T when the call has none (a shared array: the
+    kernels only read lengths)."""
     if lengths is None:
-        full = np.empty(B, np.int64)
-        full.fill(T)  # np.full costs several times more on tiny arrays
-        return full
+        return _full_lengths(T, B)
     return np.ascontiguousarray(lengths, dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=256)
+def _full_lengths(T, B):
+    """(B,) int64 array of T, made once per (T, B): ~0.6 us per call
+    otherwise. Never written (the kernels read lengths; none is returned)."""
+    full = np.empty(B, np.int64)
+    full.fill(T)
+    return full
 
 
 def _peephole(peephole, H, dtype):
