@@ -155,8 +155,9 @@ def breakdown(shape: bm.Shape, repeats: int):
         proj_name = "packing w_ih.T, w_hh.T + input projection"
         proj += packing
     elif products == "packed":
-        # The input projection is fused into the per-step products: one
-        # product [x_t | h] @ [w_ih.T; w_hh.T] per step and block.
+        # The input projection and the bias are fused into the per-step
+        # products: one product [x_t | h | 1] @ [w_ih.T; w_hh.T; b] per step
+        # and block.
         path = "rows, packed products"
         w_p = _backend._pack_stacked(inp.w_ih, inp.w_hh, inp.b)
         z = np.zeros((B, I + H + 1), dt)

@@ -74,8 +74,8 @@ _SHAPED = (("w_ih", 1, "(4H, I)"), ("w_hh", 2, "(4H, H)"), ("b", 3, "(4H,)"), ("
 
 def _as_array(name: str, value):
     """``_validation.as_array``, with NumPy arrays and None passed straight
-    through (the common case: the core's checks are per-call overhead,
-    ~14 us of a 0.2 ms forward)."""
+    through: the common case, and the core's checks are per-call overhead
+    (7-11 us of a 0.2 ms T200-B1-I32-H64 forward)."""
     if value is None or type(value) is np.ndarray:
         return value
     return v.as_array(name, value)

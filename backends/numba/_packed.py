@@ -232,16 +232,17 @@ def _transpose_intrinsic():
     (float32) or 4 (float64) lanes of a 256-bit vector,
     wp[p, k1 + k, jp + j] = w[j0 + j, k0 + k] for j, k in 0..n-1: an n x n
     block transposed in registers (n row loads, a shuffle network of
-    log2(n) stages, n stores), where a loop of scalar copies gathers each
-    output vector from n rows."""
+    log2(n) stages, n stores). The scalar copy loop it replaces gathered
+    each output vector one value per source row."""
 
     def butterfly(builder, vectors, n):
         """The n vectors (rows) of an n x n block, transposed (columns).
-        Stage ``width`` = 1, 2, .. n/2 pairs the vectors ``width`` apart and
-        interleaves runs of ``width`` lanes of the two (unpacklo/hi, then
-        pairs, then 128-bit halves for n = 8). Each lane's (row, column) is
-        tracked alongside, and the result is checked when the intrinsic is
-        compiled: vector k must hold column k of rows 0..n-1 in order."""
+        Stage ``width`` = 1, 2, .. n/2 pairs each vector a with a + width:
+        of every run of 2 * width lanes, the new a takes the first ``width``
+        lanes of a then those of a + width, the new a + width the second
+        ``width`` of each. Each lane's (row, column) is tracked alongside,
+        and the result is checked when the intrinsic is compiled: vector k
+        must hold column k of rows 0..n-1 in order."""
         mask_type = ir.VectorType(ir.IntType(32), n)
         values = list(vectors)
         lanes = [[(r, c) for c in range(n)] for r in range(n)]
