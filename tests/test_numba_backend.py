@@ -266,6 +266,17 @@ def test_pack_transposed_writes_exactly_its_k_range(N, K, panel, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(808, 202), (800, 37), (804, 201), (16, 3), (12, 5)])
+def test_transposed_weights_are_exact_copies(shape, dtype):
+    # Register-transposed where the row count is a multiple of the block
+    # (8 float32, 4 float64 values), NumPy's copy otherwise.
+    w = np.random.default_rng(shape[0]).standard_normal(shape).astype(dtype)
+    got = _backend._transposed(w)
+    assert got.flags.c_contiguous and got.dtype == w.dtype
+    np.testing.assert_array_equal(got, w.T)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_packed_weights_start_on_a_cache_line(dtype):
     # The kernels read whole panels with vector loads: a panel that starts
     # mid-line splits loads across lines (10% of a T200-B1-H64 forward).
