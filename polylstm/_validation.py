@@ -17,8 +17,13 @@ _FLOAT_NAMES = {np.dtype(name): name for name in FLOAT_DTYPES}
 
 
 def as_array(name: str, value):
-    """Arrays pass through; anything else (lists, scalars) becomes a NumPy array."""
-    if value is None or (hasattr(value, "shape") and hasattr(value, "dtype")):
+    """Arrays pass through; anything else (lists, scalars) becomes a NumPy array.
+    NumPy arrays are recognised by type first: the common case, and the
+    core's checks are per-call overhead (7-11 us of a 0.2 ms T200-B1-I32-H64
+    forward)."""
+    if value is None or type(value) is np.ndarray:
+        return value
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
         return value
     try:
         return np.asarray(value)
