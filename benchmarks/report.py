@@ -2,6 +2,7 @@
 
     python benchmarks/report.py [--runner numba --runner pytorch ...] [--shape LABEL ...]
                                 [--mode forward ...] [--dtype float32] [--repeats 3] [--rounds 3]
+                                [--min-time 0.1]
 
 Uses the same functions as the pytest-benchmark suite (polylstm.benchmarking):
 every runner is checked against the NumPy reference before it is timed, the
@@ -51,6 +52,8 @@ def main(argv=None):
     parser.add_argument("--mode", action="append", default=None, choices=bm.MODES)
     parser.add_argument("--dtype", default="float32", choices=bm.DTYPES)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per runner and round")
+    parser.add_argument("--min-time", type=float, default=bm.MIN_TIME_S,
+                        help="seconds of timed calls per runner and round, at least (0: exactly --repeats)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds per case, runners interleaved (see benchmarking.compare)")
     parser.add_argument("--threads", type=int, default=0)
@@ -74,7 +77,8 @@ def main(argv=None):
               flush=True)
 
     results = bm.compare(runners, shapes, args.mode or bm.MODES, args.dtype, args.repeats,
-                         threads=threads, rounds=args.rounds, progress=progress)
+                         threads=threads, rounds=args.rounds, progress=progress,
+                         min_time_s=args.min_time)
     # Measured again after the runs: the higher of the two is the ceiling.
     after = bm.measure_gemm_ceiling(args.dtype)
     print(f"{args.dtype} GEMM ceiling after the runs: {after:.1f} GFLOP/s")

@@ -63,6 +63,14 @@ SETTLE_S = 0.3
 #: the pause with a single warm-up call, for every runner alike).
 WARMUP_S = 0.1
 
+#: Seconds of timed calls per runner and round in ``benchmarks/report.py``
+#: and ``polylstm bench`` (``min_time_s`` of :func:`time_call`; at least
+#: ``repeats`` calls in any case). With a fixed count of 3 calls x 3 rounds,
+#: the medians of sub-millisecond cases swung by +-30% between runs on the
+#: shared 2-core box; a tenth of a second gives them hundreds of calls and
+#: costs the large cases nothing (one call is longer).
+MIN_TIME_S = 0.1
+
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
@@ -477,19 +485,24 @@ def check(prepared: Prepared, inputs: Inputs, mode: str) -> float:
 # -- timing -------------------------------------------------------------------------
 
 def time_call(function: Callable[[], Any], repeats: int = 5, warmup: int = 1,
-              warmup_s: float = 0.0) -> list:
-    """Wall-clock seconds of ``repeats`` calls after untimed ones: at least
-    ``warmup`` calls, and more until ``warmup_s`` seconds have passed."""
+              warmup_s: float = 0.0, min_time_s: float = 0.0) -> list:
+    """Wall-clock seconds of timed calls after untimed ones: at least
+    ``warmup`` untimed calls, and more until ``warmup_s`` seconds have passed;
+    then at least ``repeats`` timed calls, and more until they add up to
+    ``min_time_s`` seconds (a sub-millisecond case then gets hundreds of
+    calls instead of a handful, see :data:`MIN_TIME_S`)."""
     start = time.perf_counter()
     done = 0
     while done < warmup or time.perf_counter() - start < warmup_s:
         function()
         done += 1
     times = []
-    for _ in range(repeats):
+    timed = 0.0
+    while len(times) < repeats or timed < min_time_s:
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
+        timed += times[-1]
     return times
 
 
@@ -527,13 +540,13 @@ def default_threads() -> int:
 def measure(runner: Runner, shape: Shape, mode: str = "forward", dtype: str = "float32",
             repeats: int = 5, warmup: int = 1, seed: int = 0, threads: Optional[int] = None,
             verify: bool = True, inputs: Optional[Inputs] = None,
-            settle_s: float = SETTLE_S) -> Measurement:
+            settle_s: float = SETTLE_S, min_time_s: float = 0.0) -> Measurement:
     """Check ``runner`` against the reference on seeded inputs, then time it.
 
     The check's call also serves as the first warm-up (JIT compilation, weight
     packing); then a pause of ``settle_s`` (see :data:`SETTLE_S`), ``warmup``
     more untimed calls (continued for :data:`WARMUP_S` after a pause), and
-    ``repeats`` timed ones.
+    ``repeats`` timed ones, continued until they add up to ``min_time_s``.
     """
     def outcome(status, **kw):
         return Measurement(runner.name, shape, mode, dtype, status, **kw)
@@ -553,7 +566,8 @@ def measure(runner: Runner, shape: Shape, mode: str = "forward", dtype: str = "f
                 return outcome("wrong", max_error=error,
                                message=f"max error {error:.3g} > tolerance {TOLERANCES[dtype]:g}")
         time.sleep(settle_s)
-        times = time_call(prepared.run, repeats, warmup, warmup_s=WARMUP_S if settle_s else 0.0)
+        times = time_call(prepared.run, repeats, warmup, warmup_s=WARMUP_S if settle_s else 0.0,
+                          min_time_s=min_time_s)
     except Exception as exc:  # a benchmark grid reports a failing runner and goes on
         return outcome("error", message=f"{type(exc).__name__}: {exc}")
     median = statistics.median(times)
@@ -577,11 +591,13 @@ def measure_gemm_ceiling(dtype: str = "float32", n: int = 2048, repeats: int = 9
 def compare(runners: Sequence[Runner], shapes: Sequence[Shape] = SHAPES,
             modes: Sequence[str] = MODES, dtype: str = "float32", repeats: int = 5,
             warmup: int = 1, threads: Optional[int] = None, rounds: int = 1,
-            progress: Optional[Callable[[Measurement], None]] = None) -> list:
+            progress: Optional[Callable[[Measurement], None]] = None,
+            min_time_s: float = 0.0) -> list:
     """Measure every runner on every shape and mode on the same inputs.
 
     rounds: each case is timed in ``rounds`` rounds; every round times every
-    runner (``warmup`` + ``repeats`` calls, after the settle pause), starting
+    runner (``warmup`` + ``repeats`` calls, after the settle pause; timed
+    calls continue until they add up to ``min_time_s``), starting
     with a different runner each round, and a runner's median is taken over
     all its rounds. On a shared machine a burst of foreign load then lands on
     every runner alike instead of on whichever ran at the time, which keeps the
@@ -601,7 +617,7 @@ def compare(runners: Sequence[Runner], shapes: Sequence[Shape] = SHAPES,
                     if previous is not None and previous.status != "ok":
                         continue  # wrong, failed or unavailable: reported once, not timed
                     m = measure(runner, shape, mode, dtype, repeats, warmup, threads=threads,
-                                verify=previous is None, inputs=inputs)
+                                verify=previous is None, inputs=inputs, min_time_s=min_time_s)
                     if previous is None or m.status != "ok":
                         merged[runner.name] = m
                         continue

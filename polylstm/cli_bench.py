@@ -71,6 +71,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--mode", action="append", choices=bm.MODES, dest="modes",
                    help="forward and/or forward_backward (repeatable; default both)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per case (median reported; default 5)")
+    p.add_argument("--min-time", type=float, default=bm.MIN_TIME_S, metavar="SECONDS",
+                   help="keep timing a case past --repeats until its timed calls add up to SECONDS, per round: "
+                        f"hundreds of calls for a sub-millisecond case (default {bm.MIN_TIME_S:g}; 0: exactly --repeats)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls after the check (default 1)")
     p.add_argument("--rounds", type=int, default=1,
                    help="time every runner in N rounds, each starting with another runner, and take the median "
@@ -164,7 +167,8 @@ def to_json(measurements: Sequence[bm.Measurement], runners: Sequence[bm.Runner]
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine(), "cpus_available": bm.default_threads()},
-        "settings": {"repeats": args.repeats, "warmup": args.warmup, "rounds": args.rounds,
+        "settings": {"repeats": args.repeats, "min_time_s": args.min_time, "warmup": args.warmup,
+                     "rounds": args.rounds,
                      "threads": args.threads or bm.default_threads()},
         "runners": [{"name": r.name, "kind": r.kind, "version": r.version, "description": r.description,
                      "unavailable": r.unavailable} for r in runners],
@@ -286,8 +290,10 @@ def run(args, out=None) -> int:
             note = f"  [left out by default: {DEFAULT_EXCLUDED[r.name]}]" if r.name in DEFAULT_EXCLUDED else ""
             print(f"{r.name:14} {r.kind:10} {state:28} {r.version or '-':22} {r.description}{note}", file=out)
         return 0
-    if args.repeats < 1 or args.rounds < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
-        print("polylstm bench: --repeats, --rounds and --threads must be >= 1, --warmup >= 0", file=sys.stderr)
+    if (args.repeats < 1 or args.rounds < 1 or args.warmup < 0 or not args.min_time >= 0
+            or (args.threads is not None and args.threads < 1)):
+        print("polylstm bench: --repeats, --rounds and --threads must be >= 1, --warmup and --min-time >= 0",
+              file=sys.stderr)
         return 2
     try:
         runners, skipped = select_runners(args.backends)
@@ -304,7 +310,8 @@ def run(args, out=None) -> int:
     threads = args.threads or bm.default_threads()
     print(f"polylstm bench: {', '.join(r.name for r in runners)}; {len(shapes)} shape(s), "
           f"{', '.join(dtypes)}, {', '.join(MODE_TITLES[m] for m in modes)}; median of {args.repeats} "
-          f"after {args.warmup} warm-up" + (f", x {args.rounds} interleaved rounds" if args.rounds > 1 else "")
+          + (f"or more calls filling {args.min_time:g} s " if args.min_time > 0 else "")
+          + f"after {args.warmup} warm-up" + (f", x {args.rounds} interleaved rounds" if args.rounds > 1 else "")
           + f", {threads} thread(s); each result checked against the reference "
           f"(tolerance {', '.join(f'{d} {bm.TOLERANCES[d]:g}' for d in dtypes)}) before it is timed", file=out)
     for line in skipped:
@@ -323,7 +330,8 @@ def run(args, out=None) -> int:
     try:
         for dtype in dtypes:
             measurements += bm.compare(runners, shapes, modes, dtype, args.repeats, args.warmup,
-                                       threads=threads, rounds=args.rounds, progress=progress)
+                                       threads=threads, rounds=args.rounds, progress=progress,
+                                       min_time_s=args.min_time)
     finally:
         if bar is not None:
             bar.close()

@@ -3,6 +3,7 @@ seeded inputs, the reference check that keeps a wrong runner out of the
 ranking, and the table."""
 
 import subprocess
+import time
 import sys
 
 import numpy as np
@@ -142,6 +143,29 @@ def test_compare_merges_rounds_and_checks_once():
                                                      ("a", "forward_backward")]
     assert all(m.status == "ok" and len(m.times_s) == 6 for m in results)
     assert calls["check"] == 3  # one reference check per runner and case
+
+
+def test_time_call_counts_repeats_then_fills_min_time():
+    calls = []
+
+    def sleep_1ms():
+        calls.append(1)
+        time.sleep(0.001)
+
+    times = bm.time_call(sleep_1ms, repeats=3, warmup=2)
+    assert len(times) == 3 and len(calls) == 5  # warm-up calls are not timed
+    calls.clear()
+    times = bm.time_call(sleep_1ms, repeats=3, warmup=0, min_time_s=0.03)
+    assert sum(times) >= 0.03 and 3 < len(times) <= 31 and len(calls) == len(times)
+    # Calls longer than min_time_s: exactly the repeats.
+    assert len(bm.time_call(sleep_1ms, repeats=4, warmup=0, min_time_s=0.0005)) == 4
+
+
+def test_compare_passes_min_time_to_every_round():
+    runners = bm.list_runners(names=["numpy"])
+    (m,) = bm.compare(runners, [TINY], ("forward",), "float64", repeats=1, warmup=0, rounds=2,
+                      min_time_s=0.02)
+    assert m.status == "ok" and len(m.times_s) > 2 and sum(m.times_s) >= 0.04
 
 
 def test_cudnn_comparator_is_built_only_when_named():

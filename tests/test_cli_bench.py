@@ -70,7 +70,7 @@ def registered():
 
 
 def _bench(capsys, *argv):
-    code = main(["bench", "--no-progress", "--repeats", "2", "--warmup", "0", *argv])
+    code = main(["bench", "--no-progress", "--repeats", "2", "--warmup", "0", "--min-time", "0", *argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -145,6 +145,24 @@ def test_unknown_backend_is_a_usage_error(capsys):
     code, _, err = _bench(capsys, "--backends", "numpy,no-such-backend", "--shape", SHAPE)
     assert code == 2
     assert "no-such-backend" in err and "numpy" in err
+
+
+def test_min_time_keeps_timing_a_fast_case(capsys, tmp_path):
+    path = tmp_path / "bench.json"
+    # Later options win: this --min-time replaces _bench's 0.
+    code, out, _ = _bench(capsys, "--backends", "numpy", "--shape", "2,1,3,2", "--mode", "forward",
+                          "--min-time", "0.05", "--json", str(path))
+    assert code == 0, out
+    assert "median of 2 or more calls filling 0.05 s" in out
+    (result,) = json.loads(path.read_text())["results"]
+    # A T=2 call takes well under a millisecond: far more than the 2 repeats.
+    assert len(result["times_s"]) > 10 and sum(result["times_s"]) >= 0.05
+    assert json.loads(path.read_text())["settings"]["min_time_s"] == 0.05
+
+
+def test_negative_min_time_is_a_usage_error(capsys):
+    code, _, err = _bench(capsys, "--backends", "numpy", "--shape", SHAPE, "--min-time", "-1")
+    assert code == 2 and "--min-time" in err
 
 
 def test_bad_shape_is_rejected():
