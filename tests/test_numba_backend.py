@@ -66,19 +66,25 @@ def _named(out, grads):
     return named
 
 
+# The packed products take any H; where their panel width (16 float32, 8
+# float64 values; 32 and 16 in the fused forward) does not divide 4H or H,
+# the last panel is padded with zero columns (H = 9, 4, 6 here).
 CASES = [
     Case(T=6, B=7, I=5, H=9, lengths=True, peephole=True),
     Case(T=5, B=9, I=3, H=4, lengths=True, reverse=True),
     Case(T=8, B=1, I=6, H=8, peephole=True, reverse=True),
     Case(T=4, B=5, I=7, H=6, lengths=True, reverse=True, peephole=True),
-    # H = 16: the packed micro-kernel applies (float32); B = 11 leaves rows
-    # outside the 4-row tiles in every block.
+    # H = 16: whole panels (float32); B = 11 leaves rows outside the 4-row
+    # tiles in every block.
     Case(T=5, B=11, I=7, H=16, lengths=True, reverse=True, peephole=True),
     # H = 32: with 2 or 3 threads the packed blocks have 1-3 rows, which take
     # the projection as one product and ``_packed.matmul_few`` per step
     # (float32: 8 panels forward, 2 backward; float64: 16 and 4).
     Case(T=7, B=5, I=3, H=32, lengths=True, peephole=True),
     Case(T=6, B=3, I=4, H=16, lengths=True, reverse=True),
+    # No lengths, 4H = 20: the 1-3-row blocks' projection buffer is padded
+    # (24 or 32 columns), so it cannot double as the gate tape.
+    Case(T=5, B=2, I=3, H=5, peephole=True),
 ]
 
 
@@ -113,7 +119,7 @@ def test_strategy_matches_reference(case, path, threads, products, dtype):
         assert err <= TOL[dtype], f"{name}: error {err:.3g} ({path}, threads={threads}, {products})"
 
 
-@pytest.mark.parametrize("H", [7, 16])  # 16: the packed products run
+@pytest.mark.parametrize("H", [7, 16])  # 7: the packed products' last panel padded
 @pytest.mark.parametrize("path,threads,products", STRATEGIES)
 def test_float32_stays_float32_and_calls_are_bit_identical(path, threads, products, H):
     case = Case(T=9, B=6, I=5, H=H, lengths=True, peephole=True)
@@ -151,15 +157,20 @@ def test_large_batch_uses_more_than_the_leftover_rows(products):
 def _check_packed_product(product, M, K, N, width, dtype, seed):
     """``product`` (``_packed.matmul`` or ``matmul_wide``) of random (M, K)
     and (K, N) operands, the weight packed ``width`` columns to a panel,
-    against the float64 product."""
+    against the float64 product. An N that ``width`` does not divide pads
+    the last panel: the output then has ``padded(N, width)`` columns, the
+    ones beyond N exactly zero."""
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((M, K)).astype(dtype)
     w = rng.standard_normal((K, N)).astype(dtype)
-    c = np.full((M, N), np.nan, dtype)
-    product(a, _backend._pack(w, width), c)
+    c = np.full((M, _packed.padded(N, width)), np.nan, dtype)
+    wp = _backend._pack(w, width)
+    assert wp.shape == (_packed.panels(N, width), K, width)
+    product(a, wp, c)
     want = a.astype(np.float64) @ w.astype(np.float64)
     tol = {"float32": 1e-5, "float64": 1e-13}[dtype]
-    assert np.abs(c - want).max() <= tol * np.abs(want).max() * np.sqrt(K)
+    assert np.abs(c[:, :N] - want).max() <= tol * np.abs(want).max() * np.sqrt(K)
+    assert (c[:, N:] == 0).all()
 
 
 # M covers every way rows are tiled (6- and 4-row tiles, then 1, 2 or 3 rows
@@ -167,13 +178,17 @@ def _check_packed_product(product, M, K, N, width, dtype, seed):
 @pytest.mark.parametrize("M,K,N", [(1, 1, 16), (5, 3, 16), (7, 130, 48), (32, 256, 1024),
                                    (9, 64, 32), (13, 17, 16), (38, 40, 64), (4, 8, 16),
                                    (6, 5, 32), (1, 33, 112), (2, 40, 112), (3, 9, 80),
-                                   (2, 7, 96), (3, 12, 64), (7, 5, 208)])
+                                   (2, 7, 96), (3, 12, 64), (7, 5, 208),
+                                   # N no multiple of the panel: the last one padded
+                                   (5, 3, 5), (7, 20, 37), (13, 17, 100), (1, 33, 113),
+                                   (3, 9, 81), (38, 40, 65)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_packed_product_matches_a_float64_product(M, K, N, dtype):
     _check_packed_product(_packed.matmul, M, K, N, _packed.PANEL[dtype], dtype, M * K + N)
-    assert _packed.packable(np.float32, 32, 4) and _packed.packable(np.float64, 24, 4)
-    assert not _packed.packable(np.float32, 24, 4) and not _packed.packable(np.float64, 20, 4)
-    assert not _packed.packable(np.int64, 32, 4)
+    assert _packed.packable(np.float32, 32, 4) and _packed.packable(np.float64, 20, 4)
+    assert _packed.packable(np.float32, 5, 1)
+    assert not _packed.packable(np.int64, 32, 4) and not _packed.packable(np.float32, 0, 4)
+    assert _packed.padded(37, 16) == 48 and _packed.padded(32, 16) == 32
 
 
 # matmul_wide: every row tiling (as above) with panel counts below, at and
@@ -185,6 +200,9 @@ def test_wide_packed_product_matches_a_float64_product(M, panels, dtype):
     width = _packed.WIDE_PANEL[dtype]
     _check_packed_product(_packed.matmul_wide, M, 29, panels * width, width, dtype,
                           100 * M + panels)
+    # The same panel count with the last one part zeros.
+    _check_packed_product(_packed.matmul_wide, M, 29, panels * width - 3, width, dtype,
+                          100 * M + panels + 7)
 
 
 # Every tile of matmul_few: 1-3 rows, panel counts with 0-3 panels beyond
@@ -197,21 +215,25 @@ def test_few_row_product_matches_a_float64_product(M, panels, dtype):
     from polylstm_numba import _packed
 
     K = 37
-    N = panels * _packed.PANEL[dtype]
-    rng = np.random.default_rng(10 * M + panels)
-    a = rng.standard_normal((M, K)).astype(dtype)
-    w = rng.standard_normal((K, N)).astype(dtype)
-    c0 = rng.standard_normal((M, N)).astype(dtype)
-    b = rng.standard_normal(N).astype(dtype)
-    wp = _backend._pack(w)
-    product = a.astype(np.float64) @ w.astype(np.float64)
-    tol = {"float32": 1e-5, "float64": 1e-13}[dtype] * np.sqrt(K) * np.abs(product).max()
-    for start in (False, True):
-        want = product + c0 + b if start else product
-        for backwards in (False, True):
-            c = np.full((M, N), np.nan, dtype)
-            _packed.matmul_few(a, wp, c, c0, b, start, backwards)
-            assert np.abs(c - want).max() <= tol, (start, backwards)
+    # N fills the panels, or leaves the last one 5 columns of zeros; c, c0
+    # and b then have the padded width (the tiles read and write whole panels).
+    for N in (panels * _packed.PANEL[dtype], panels * _packed.PANEL[dtype] - 5):
+        G = _packed.padded(N, _packed.PANEL[dtype])
+        rng = np.random.default_rng(10 * M + panels + N)
+        a = rng.standard_normal((M, K)).astype(dtype)
+        w = rng.standard_normal((K, N)).astype(dtype)
+        c0 = rng.standard_normal((M, G)).astype(dtype)
+        b = rng.standard_normal(G).astype(dtype)
+        wp = _backend._pack(w)
+        product = np.zeros((M, G))
+        product[:, :N] = a.astype(np.float64) @ w.astype(np.float64)
+        tol = {"float32": 1e-5, "float64": 1e-13}[dtype] * np.sqrt(K) * np.abs(product).max()
+        for start in (False, True):
+            want = product + c0 + b if start else product
+            for backwards in (False, True):
+                c = np.full((M, G), np.nan, dtype)
+                _packed.matmul_few(a, wp, c, c0, b, start, backwards)
+                assert np.abs(c - want).max() <= tol, (N, start, backwards)
 
 
 def test_packed_rows_are_chosen_for_large_float32_hidden_sizes():
@@ -220,48 +242,56 @@ def test_packed_rows_are_chosen_for_large_float32_hidden_sizes():
         assert backend.choose_row_products(64, 2, 256, np.float32) == "packed"
         assert backend.choose_path(64, 256, 2, np.float32) == "rows"
         assert backend.choose_path(64, 256, 2, np.float64) == "rows"
-        assert backend.choose_path(64, 252, 2, np.float64) == "blas"  # H % 8 != 0
-        assert backend.choose_row_products(64, 2, 250, np.float32) == "blas"  # H % 16 != 0
+        # Any H: the packed product pads its last panel.
+        assert backend.choose_path(64, 252, 2, np.float64) == "rows"
+        assert backend.choose_row_products(64, 2, 250, np.float32) == "packed"
         # Small H: packed from PACKED_MIN_ROWS rows per thread.
         assert backend.choose_row_products(32, 2, 128, np.float32) == "packed"
         assert backend.choose_row_products(10, 2, 128, np.float32) == "packed"
         assert backend.choose_row_products(8, 2, 128, np.float32) == "blas"
         assert backend.choose_path(32, 128, 2, np.float32) == "rows"
-        # Blocks of 1-3 rows: packed where it applies, else hand-written.
+        # Blocks of 1-3 rows: packed too.
         assert backend.choose_row_products(1, 2, 64, np.float32) == "packed"
         assert backend.choose_row_products(6, 2, 64, np.float32) == "packed"
-        assert backend.choose_row_products(6, 2, 60, np.float32) == "hand"
+        assert backend.choose_row_products(6, 2, 60, np.float32) == "packed"
         assert backend.choose_path(1, 64, 1, np.float32) == "rows"
         forced = _backend.NumbaBackend("rows", 2, "packed")
         assert forced.choose_row_products(3, 2, 16, np.float32) == "packed"
         assert forced.choose_row_products(3, 2, 16, np.float64) == "packed"
-        assert forced.choose_row_products(3, 2, 12, np.float64) == "blas"
+        assert forced.choose_row_products(3, 2, 12, np.float64) == "packed"
     assert _backend._row_blocks(10, 2, whole=True) == ((0, 5), (5, 10))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_pack_transposed_stacks_weights_along_k(dtype):
+@pytest.mark.parametrize("H", [8, 5])
+def test_pack_transposed_stacks_weights_along_k(dtype, H):
     rng = np.random.default_rng(3)
-    w_ih = rng.standard_normal((32, 5)).astype(dtype)  # (4H, I)
-    w_hh = rng.standard_normal((32, 8)).astype(dtype)  # (4H, H)
-    b = rng.standard_normal(32).astype(dtype)  # (4H,): the last row
+    w_ih = rng.standard_normal((4 * H, 5)).astype(dtype)  # (4H, I)
+    w_hh = rng.standard_normal((4 * H, H)).astype(dtype)  # (4H, H)
+    b = rng.standard_normal(4 * H).astype(dtype)  # (4H,): the last row
     panels = _backend._pack_stacked(w_ih, w_hh, b)
     width = _packed.WIDE_PANEL[dtype]
-    assert panels.shape == (32 // width, 14, width)
+    # H = 5: 4H = 20 columns in a panel of 32 (float32) or two of 16.
+    assert panels.shape == (_packed.panels(4 * H, width), 6 + H, width)
     np.testing.assert_array_equal(panels, _backend._pack(np.vstack([w_ih.T, w_hh.T, b]), width))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("N, K, panel", [(32, 5, "narrow"), (64, 37, "wide"), (512, 128, "wide"),
-                                         (256, 64, "narrow"), (16, 8, "narrow"), (96, 19, "narrow")])
+                                         (256, 64, "narrow"), (16, 8, "narrow"), (96, 19, "narrow"),
+                                         (40, 9, "narrow"), (100, 37, "wide"), (7, 3, "wide")])
 def test_pack_transposed_writes_exactly_its_k_range(N, K, panel, dtype):
     # Register-transposed blocks of 8 (4 for float64) columns plus the
-    # columns left over, written at an offset k0 along K; nothing else.
+    # columns left over, written at an offset k0 along K; nothing else. An N
+    # that L does not divide: the last panel's columns beyond N are zeros.
     L = (_packed.WIDE_PANEL if panel == "wide" else _packed.PANEL)[dtype]
+    P = _packed.panels(N, L)
     w = np.random.default_rng(N + K).standard_normal((N, K)).astype(dtype)
-    wp = np.full((N // L, K + 5, L), np.nan, dtype)
+    wp = np.full((P, K + 5, L), np.nan, dtype)
     _packed.pack_transposed(w, wp, 2)
-    np.testing.assert_array_equal(wp[:, 2:2 + K], w.T.reshape(K, N // L, L).transpose(1, 0, 2))
+    w_padded = np.zeros((P * L, K), dtype)
+    w_padded[:N] = w
+    np.testing.assert_array_equal(wp[:, 2:2 + K], w_padded.T.reshape(K, P, L).transpose(1, 0, 2))
     assert np.isnan(wp[:, :2]).all() and np.isnan(wp[:, 2 + K:]).all()
 
 

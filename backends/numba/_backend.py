@@ -40,8 +40,8 @@ ROWS_PATH_MAX_H = 192
 ROWS_PATH_HAND_MAX_MACS = 1 << 20
 
 #: The same bound for blocks of fewer than BLOCK_ROWS rows (small batches)
-#: on the hand-written product (H not a multiple of the packed panel), and
-#: for a single row on the packed one below ONE_ROW_PACKED_MIN_H. Measured
+#: on the hand-written product (no per-thread BLAS), and for a single row on
+#: the packed one below ONE_ROW_PACKED_MIN_H. Measured
 #: with the hand-written product, rows / BLAS path time at B=1, H=64 0.9,
 #: H=192 1.05-1.2, H=256 0.9-1.2, H=512 1.7; B=4 (2-row blocks), H=192
 #: 1.4-1.9.
@@ -227,13 +227,13 @@ class NumbaBackend(Backend):
     once per call, one row block per thread, with the input projection fused
     into the forward's; for blocks of 1-3 rows the projection is one product
     before the loop and each gradient one multi-threaded BLAS call instead;
-    H a multiple of 16 for float32, of 8 for float64, else ``"blas"``),
-    ``"hand"`` (the hand-written product in the loops, one multi-threaded
-    BLAS call per gradient), or None: when per-thread BLAS is available,
-    ``"packed"`` where it applies and blocks have fewer than ``BLOCK_ROWS``
-    rows, H > ``ROWS_PATH_MAX_H`` or a thread has at least
-    ``PACKED_MIN_ROWS`` rows; else ``"blas"`` for blocks of ``BLOCK_ROWS``
-    rows or more and ``"hand"`` for smaller ones.
+    any H: where the panel width (16 float32, 8 float64 values; 32 and 16
+    for the fused forward) does not divide 4H or H, the last panel is padded
+    with zero columns), ``"hand"`` (the hand-written product in the loops,
+    one multi-threaded BLAS call per gradient), or None: when per-thread
+    BLAS is available, ``"packed"`` where blocks have fewer than
+    ``BLOCK_ROWS`` rows, H > ``ROWS_PATH_MAX_H`` or a thread has at least
+    ``PACKED_MIN_ROWS`` rows, else ``"blas"``; without it ``"hand"``.
     """
 
     name = "numba"
@@ -358,26 +358,33 @@ class NumbaBackend(Backend):
             ctape = np.empty((1, B, H), dtype)
         h = h0.copy()
         c = c0.copy()
-        acc = np.empty((B, 4 * H), dtype)
         reverse = bool(reverse)
         nthreads, rows, products = self._plan(T, B, I, H, dtype)
         if _whole_packed_blocks(products, B, nthreads):
             # The input projection and the bias are fused into the per-step
-            # products: no (T, B, 4H) projection buffer, no bias pass.
+            # products: no (T, B, 4H) projection buffer, no bias pass. The
+            # product writes whole panels: acc has 4H columns rounded up to
+            # the panel width (the gates read the first 4H).
             w_p = _pack_stacked(w_ih, w_hh, b)
             z = np.empty((B, I + H + 1), dtype)
+            acc = np.empty((B, _packed.padded(4 * H, w_p.shape[2])), dtype)
             _run_blocks(_without_block_index(_kernels.forward_packed),
                         _row_blocks(B, nthreads, whole=True), nthreads,
                         x, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc, blas=False)
             return _forward_output(y, h, c, gates, ctape, store)
-        if store and alloc is np.empty:
+        # The packed products write whole panels: their outputs (the
+        # projection xw, and acc, which starts from xw and b) have G columns,
+        # 4H rounded up to the panel width.
+        G = _packed.padded(4 * H, _packed.PANEL_OF[dtype]) if products == "packed" else 4 * H
+        acc = np.empty((B, G), dtype)
+        if store and alloc is np.empty and G == 4 * H:
             # The input projection x @ w_ih.T goes straight into the gate tape:
             # the gate pass of step t reads its row, then overwrites it with the
             # post-activation gates. Saves a (T, B, 4H) buffer (210 MB at
             # T50-B256-H1024). Not with lengths: padded steps must stay zero.
             xw = gates
         else:
-            xw = np.empty((T, B, 4 * H), dtype)
+            xw = np.empty((T, B, G), dtype)
         if not rows:
             w_hh_t = _transposed(w_hh)  # (H, 4H): rows feed the vectorised loop
             _kernels.forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse,
@@ -390,6 +397,8 @@ class NumbaBackend(Backend):
             # not read by PACKED products.
             w_ih_t, w_ih_p = w_ih, _pack_transposed(w_ih)
             w_hh_t, w_hh_p = w_hh, _pack_transposed(w_hh)
+            if G != 4 * H:  # the tiles read the bias as wide as acc
+                b = np.concatenate((b, np.zeros(G - 4 * H, dtype)))
         else:
             w_ih_t = _transposed(w_ih)  # (I, 4H)
             w_hh_t = _transposed(w_hh)  # (H, 4H)
@@ -412,9 +421,12 @@ class NumbaBackend(Backend):
         dc = dc_n.copy()
         da = alloc((T, B, 4 * H), dtype)
         hprev = alloc((T, B, H), dtype)
-        tmp = np.empty((B, H), dtype)
         reverse = bool(tape.reverse)
         nthreads, rows, products = self._backward_plan(T, B, I, H, dtype)
+        # dh_{t-1} = da_t @ w_hh lands in tmp: on the packed product, H
+        # columns rounded up to the panel width (whole panels are written).
+        packed = rows and products == "packed"
+        tmp = np.empty((B, _packed.padded(H, _packed.PANEL_OF[dtype]) if packed else H), dtype)
         # Split the gradient products over our threads after a loop that ran
         # on single-threaded BLAS or full packed blocks; after one of blocks
         # of 1-3 rows (hand-written or packed products), one multi-threaded
@@ -424,7 +436,7 @@ class NumbaBackend(Backend):
             blocks = _row_blocks(B, nthreads, products == "packed")
             dp = np.zeros((len(blocks), 3, H), dtype)
             w_hh = np.ascontiguousarray(tape.w_hh)
-            w_hh_p = _pack(w_hh) if products == "packed" else w_hh.reshape(1, 4 * H, H)
+            w_hh_p = _pack(w_hh) if packed else w_hh.reshape(1, 4 * H, H)
             _run_blocks(_kernels.backward_rows, blocks, nthreads, dy, w_hh, w_hh_p, p, lengths,
                         reverse, tape.h0, tape.c0, tape.y, tape.gates, tape.c, dh, dc, da, hprev,
                         dp, tmp, _PRODUCT[products], blas=products == "blas")
@@ -458,16 +470,17 @@ _PRODUCT = {"hand": _kernels.HAND, "blas": _kernels.BLAS, "packed": _kernels.PAC
 
 
 def _pack(w, width=None):
-    """``_packed.pack`` of the (K, N) matrix w into a new (N/L, K, L) array
+    """``_packed.pack`` of the (K, N) matrix w into a new (P, K, L) array
     aligned to a cache line, L = ``width`` or ``_packed.PANEL`` of its dtype
-    (16 for float32, 8 for float64)."""
+    (16 for float32, 8 for float64), P = N/L rounded up (zero columns pad
+    the last panel)."""
     return _packed.packed(np.ascontiguousarray(w), width or _packed.PANEL_OF[w.dtype])
 
 
 def _pack_transposed(w):
-    """w.T packed for ``_packed.matmul``: (N/L, K, L) for w (N, K), L =
-    ``_packed.PANEL`` of its dtype, aligned to a cache line; no transposed
-    copy of w is made."""
+    """w.T packed for ``_packed.matmul``: (P, K, L) for w (N, K), L =
+    ``_packed.PANEL`` of its dtype, P = N/L rounded up, aligned to a cache
+    line; no transposed copy of w is made."""
     return _packed.packed_transposed(np.ascontiguousarray(w), _packed.PANEL_OF[w.dtype])
 
 
@@ -488,10 +501,9 @@ def _transposed(w):
 
 def _pack_stacked(w_ih, w_hh, b):
     """[w_ih.T; w_hh.T; b] (I+H+1, 4H) packed for ``_packed.matmul_wide``:
-    (4H/L, I+H+1, L) aligned to a cache line, L = ``_packed.WIDE_PANEL`` of
-    the dtype (32 for float32, 16 for float64; 4H is a multiple of it
-    wherever the packed product applies). w_ih: (4H, I)  w_hh: (4H, H)
-    b: (4H,); ``_packed.packed_stacked``."""
+    (P, I+H+1, L) aligned to a cache line, L = ``_packed.WIDE_PANEL`` of
+    the dtype (32 for float32, 16 for float64), P = 4H/L rounded up.
+    w_ih: (4H, I)  w_hh: (4H, H)  b: (4H,); ``_packed.packed_stacked``."""
     return _packed.packed_stacked(np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh),
                                   np.ascontiguousarray(b), _packed.WIDE_PANEL_OF[w_ih.dtype])
 

@@ -21,15 +21,16 @@ Two ways to run the recurrence, chosen by the caller per call:
   serves all the thread's rows), or, where scipy's BLAS cannot be made
   single-threaded per thread, a hand-written product. Rows of different
   blocks never interact, so there is no per-step synchronisation and no BLAS
-  thread pool (blocks of fewer than 4 rows keep the hand-written product:
-  measured faster for one-row blocks). The threads are plain Python threads
+  thread pool (without the packed kernel, blocks of fewer than 4 rows keep
+  the hand-written product: measured faster for one-row blocks). The threads are plain Python threads
   calling these GIL-free functions (see ``_backend``), not numba's
   ``parallel=True``: its OpenMP layer spin-waits, which on a 2-core machine
   shared with other work made one call 16x slower.
 * **blas** (``*_blas``): one thread walks time; the per-step product is one
   BLAS GEMM over the whole batch (``np.dot`` with ``out``, so no allocation),
-  using BLAS's own threads. For large shapes the packed kernel cannot take
-  (H not a multiple of its panel width).
+  using BLAS's own threads. For one row at hidden sizes where BLAS's two
+  threads beat one thread's packed product (``_backend.choose_path``), and
+  for large shapes without per-thread BLAS.
 
 The input projection ``x @ w_ih.T`` is fused into the per-step product on
 the packed kernel (``forward_packed``: ``[x_t | h] @ [w_ih.T; w_hh.T]``);
@@ -276,7 +277,9 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, 
 
     xw: (T, B, 4H) input projection x @ w_ih.T.   b: (4H,) bias.
     w_hh_t: (H, 4H) = w_hh.T, C order; w_hh_p: ``_packed.pack(w_hh_t)``,
-    (4H/L, H, L), read only for PACKED (as ``w_hh_t`` only otherwise).
+    (P, H, L), read only for PACKED (as ``w_hh_t`` only otherwise). For
+    PACKED, xw, b and acc have G = ``_packed.padded(4H, L)`` columns
+    instead of 4H (the product writes whole panels; the gates read 4H).
     p: (3, H)   lengths: (B,) int64   h, c: (B, H) state, updated in place.
     y: (T, B, H), gates: (T, B, 4H), ctape: (T, B, H) outputs (zero-filled where
     a row has padded steps: inactive steps are not written); when
@@ -313,8 +316,9 @@ def forward_rows(r0, r1, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, rever
     runs one row block per thread.
 
     x: (T, B, I)   w_ih_t: (I, 4H) = w_ih.T, C order   b: (4H,)
-    w_ih_p: ``_packed.pack(w_ih_t)``, (4H/L, I, L), read only for PACKED.
-    xw: (T, B, 4H) scratch for the input projection (this block's rows).
+    w_ih_p: ``_packed.pack(w_ih_t)``, (P, I, L), read only for PACKED.
+    xw: (T, B, 4H) scratch for the input projection (this block's rows;
+    G columns for PACKED, see ``_forward_steps``).
     Other arguments as ``_forward_steps``. ``product`` (``multiply``): BLAS
     calls, which the caller has made single-threaded for this thread
     (``_blas_threads``); HAND, the hand-written kernel, as a multi-threaded
@@ -345,15 +349,16 @@ def forward_packed(r0, r1, x, w_p, p, lengths, reverse, h, c, y, gates, ctape, z
 
     Each step multiplies z = [x_t | h_{t-1} | 1] (rows, I+H+1) by the
     stacked weight [w_ih.T; w_hh.T; b] (I+H+1, 4H), packed once per call:
-    w_p = ``_packed.packed_stacked``, (4H/L, I+H+1, L),
-    L = ``_packed.WIDE_PANEL`` (``_packed.matmul_wide``).
+    w_p = ``_packed.packed_stacked``, (P, I+H+1, L),
+    L = ``_packed.WIDE_PANEL`` (``_packed.matmul_wide``), P = 4H/L rounded up.
     No (T, B, 4H) projection buffer is written and read back: at
     T100-B64-H512 that buffer is 52 MB, beyond L3, first touched (page
     faults) on every call. The bias row costs one multiply-add per output
     in the product instead of a pass of its own over the pre-activations,
     with the same bits (see ``packed_stacked``).
 
-    x: (T, B, I)   z: (B, I+H+1) scratch   acc: (B, 4H) scratch.
+    x: (T, B, I)   z: (B, I+H+1) scratch   acc: (B, PL) scratch (the gates
+    read its first 4H columns).
     Other arguments as ``_forward_steps``.
     """
     T, B, I = x.shape
@@ -430,7 +435,7 @@ def _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, 
                     dh, dc, da, hprev, dp, tmp, product):
     """BPTT time loop for batch rows r0..r1-1; ``product`` as in
     ``_forward_steps``, or PACKED with ``w_hh_p`` = ``_packed.pack(w_hh)``,
-    (H/L, 4H, L), L = ``_packed.PANEL`` of the dtype (otherwise any float
+    (P, 4H, L), L = ``_packed.PANEL`` of the dtype, P = H/L rounded up (otherwise any float
     array of that rank).
 
     dy: (T, B, H)   w_hh: (4H, H)   p: (3, H)   lengths: (B,)   h0, c0: (B, H)
@@ -439,9 +444,10 @@ def _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, 
     da: (T, B, 4H) receives da_t (zero-filled when rows have padded steps).
     hprev: (T, B, H) receives
     h_{t-1} of every active step (for dw_hh).   dp: (nblocks, 3, H) zero-filled,
-    row ``blk`` receives this block's peephole gradient.   tmp: (B, H) scratch.
+    row ``blk`` receives this block's peephole gradient.   tmp: (B, H) scratch;
+    for PACKED (B, ``_packed.padded(H, L)``), as the product writes whole panels.
     """
-    T = dy.shape[0]
+    T, _, H = dy.shape
     for s in range(T):
         t = s if reverse else T - 1 - s
         for r in range(r0, r1):
@@ -460,7 +466,7 @@ def _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, 
         multiply(da[t, r0:r1], w_hh, w_hh_p, tmp[r0:r1], product, s % 2 == 1)
         for r in range(r0, r1):
             if t < lengths[r]:
-                dh[r] = tmp[r]
+                dh[r] = tmp[r, :H]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -25,8 +25,12 @@ same 98-102 GFLOP/s either way, but the fused LSTM forward on two threads
 took 0.86-0.97x the time with it (docs/benchmarks.md; why the product alone
 does not show it was not measured), so that forward uses it.
 
-N must be a multiple of the panel width; the callers fall back to BLAS
-otherwise. The vector code is plain LLVM (``llvm.fma.v8f32`` /
+Any N: where the panel width does not divide it, the last panel is padded
+with zero columns, and the kernels, which write whole panels, write into an
+output of ``padded(N, L)`` columns that the caller reads in its first N
+(measured, 2026-11-29: the BLAS strategies this replaced for such N took
+1.9-2.4x the time of the next multiple of 16, see docs/benchmarks.md).
+The vector code is plain LLVM (``llvm.fma.v8f32`` /
 ``llvm.fma.v4f64``, ``v16f32`` / ``v8f64`` for the wide panels), so it is
 correct on any CPU; it is fast where the CPU has 256-bit (512-bit) FMA.
 
@@ -215,15 +219,30 @@ _FEW_SHAPES = ((1, 4), (1, 3), (1, 2), (1, 1), (2, 2), (2, 1), (3, 2), (3, 1))
  _few3x1) = (_tile_intrinsic(r, q, start=True) for r, q in _FEW_SHAPES)
 
 
+def panels(N, L):
+    """Panels of L columns that hold N columns: the last one is padded with
+    zero columns when L does not divide N."""
+    return -(-N // L)
+
+
+def padded(N, L):
+    """Columns of a product's output on ``panels(N, L)`` panels: the kernels
+    write whole panels, so an output (M, N) is allocated (M, padded(N, L))
+    and read in its first N columns."""
+    return panels(N, L) * L
+
+
 @njit(cache=True, nogil=True)
 def pack(w, wp):
-    """wp (N/L, K, L) = the (K, N) matrix w in L-column panels, L = wp.shape[2]."""
+    """wp (P, K, L) = the (K, N) matrix w in L-column panels, L = wp.shape[2],
+    P = ``panels(N, L)``; columns N..PL-1 of the last panel are zeros."""
     K, N = w.shape
     L = wp.shape[2]
-    for p in range(N // L):
+    for p in range(wp.shape[0]):
         for k in range(K):
             for j in range(L):
-                wp[p, k, j] = w[k, p * L + j]
+                n = p * L + j
+                wp[p, k, j] = w[k, n] if n < N else 0
 
 
 def _transpose_intrinsic():
@@ -314,6 +333,7 @@ def pack_transposed(w, wp, k0):
     """wp[:, k0:k0+K, :] = the (K, N) matrix w.T in L-column panels, for
     w (N, K) C-contiguous and L = wp.shape[2]: stacks weights stored
     (out, in), such as an LSTM's (4H, I), along K without a transposed copy.
+    wp holds ``panels(N, L)`` panels; columns N..PL-1 of the last are zeros.
 
     n x n blocks (n = 8 float32, 4 float64 values) are transposed in
     registers; the K % n columns left over are copied one value at a time.
@@ -335,6 +355,15 @@ def pack_transposed(w, wp, k0):
             out = wp[p, k0 + k]
             for j in range(L):
                 out[j] = rows[j, k]
+    if N % L:
+        # The last panel, part columns of w, part zeros (at most one panel
+        # of the call: copied one value at a time).
+        p = N // L
+        rows = w[p * L:]
+        for k in range(K):
+            out = wp[p, k0 + k]
+            for j in range(L):
+                out[j] = rows[j, k] if j < N - p * L else 0
 
 
 #: Packed weights start on a cache-line boundary (64 bytes), so that no
@@ -360,19 +389,20 @@ def new_panels(P, K, L, like):
 
 @njit(cache=True, nogil=True)
 def packed(w, L):
-    """pack(w) into a new aligned (N/L, K, L) array; w: (K, N), N a multiple of L."""
+    """pack(w) into a new aligned (P, K, L) array, P = ``panels(N, L)``;
+    w: (K, N)."""
     K, N = w.shape
-    wp = new_panels(N // L, K, L, w)
+    wp = new_panels((N + L - 1) // L, K, L, w)
     pack(w, wp)
     return wp
 
 
 @njit(cache=True, nogil=True)
 def packed_transposed(w, L):
-    """w.T packed into a new aligned (N/L, K, L) array, for w (N, K)
-    C-contiguous, N a multiple of L (``pack_transposed``)."""
+    """w.T packed into a new aligned (P, K, L) array, P = ``panels(N, L)``,
+    for w (N, K) C-contiguous (``pack_transposed``)."""
     N, K = w.shape
-    wp = new_panels(N // L, K, L, w)
+    wp = new_panels((N + L - 1) // L, K, L, w)
     pack_transposed(w, wp, 0)
     return wp
 
@@ -380,17 +410,21 @@ def packed_transposed(w, L):
 @njit(cache=True, nogil=True)
 def packed_stacked(w_ih, w_hh, b, L):
     """[w_ih.T; w_hh.T; b] (I+H+1, N) packed into a new aligned
-    (N/L, I+H+1, L) array; w_ih: (N, I), w_hh: (N, H), both C-contiguous,
-    b: (N,), N a multiple of L. Multiplied by [x_t | h | 1], the last row
-    adds the bias in the product's last multiply-add: 1 * b[n] is exact, so
-    the sum is rounded as (x_t @ w_ih.T + h @ w_hh.T) + b, bit for bit."""
+    (P, I+H+1, L) array, P = ``panels(N, L)`` (zero columns pad the last);
+    w_ih: (N, I), w_hh: (N, H), both C-contiguous, b: (N,). Multiplied by
+    [x_t | h | 1], the last row adds the bias in the product's last
+    multiply-add: 1 * b[n] is exact, so the sum is rounded as
+    (x_t @ w_ih.T + h @ w_hh.T) + b, bit for bit."""
     N, I = w_ih.shape
     K = I + w_hh.shape[1]
-    wp = new_panels(N // L, K + 1, L, w_ih)
+    P = (N + L - 1) // L
+    wp = new_panels(P, K + 1, L, w_ih)
     pack_transposed(w_ih, wp, 0)
     pack_transposed(w_hh, wp, I)
-    for p in range(N // L):
-        wp[p, K] = b[p * L:(p + 1) * L]
+    for p in range(P):
+        for j in range(L):
+            n = p * L + j
+            wp[p, K, j] = b[n] if n < N else 0
     return wp
 
 
@@ -411,8 +445,9 @@ def _row_tiles(M):
 @njit(cache=True, nogil=True)
 def matmul(a, wp, c):
     """c (M, N) = a (M, K) @ w, where wp = pack(w); C-contiguous, one float
-    dtype, N = L * wp.shape[0] with L = wp.shape[2] = PANEL[dtype],
-    K = wp.shape[1] >= 1. Each panel is used for all row tiles before the
+    dtype, N = L * wp.shape[0] with L = wp.shape[2] = PANEL[dtype] (for a
+    w of N' columns, c is (M, ``padded(N', L)``): its columns from N' on
+    are zeros), K = wp.shape[1] >= 1. Each panel is used for all row tiles before the
     next one, so it stays in L1.
 
     Rows go in 6-row tiles (12 accumulators, the latency slack that 8 lack),
@@ -440,7 +475,7 @@ def matmul(a, wp, c):
 @njit(cache=True, nogil=True)
 def matmul_wide(a, wp, c):
     """``matmul`` on wide panels: wp = pack(w) into L = WIDE_PANEL[dtype]
-    columns per panel (twice PANEL), N a multiple of L. The same tiling:
+    columns per panel (twice PANEL), c as in ``matmul``. The same tiling:
     6- and 4-row tiles of one panel, the 1-3 rows left over in 1 x 3-panel
     tiles, then 1 x 1."""
     M = a.shape[0]
@@ -461,10 +496,10 @@ def matmul_wide(a, wp, c):
 
 
 def packable(dtype, N, K) -> bool:
-    """Whether ``matmul`` applies: float32 (N a multiple of 16) or float64 (N
-    a multiple of 8), K >= 1."""
-    width = PANEL.get(np.dtype(dtype).name)
-    return width is not None and N > 0 and N % width == 0 and K >= 1
+    """Whether ``matmul`` applies: float32 or float64, N and K >= 1 (an N
+    that is not a multiple of the panel width pads the last panel, and the
+    output, to ``padded(N, L)`` columns)."""
+    return np.dtype(dtype).name in PANEL and N > 0 and K >= 1
 
 
 @njit(cache=True, nogil=True)
@@ -502,8 +537,9 @@ def matmul_few(a, wp, c, c0, b, start, backwards):
     recurrence on a batch of one to three rows (a thread's share of a small
     batch), where the weight lives in L2. With ``start``,
     c = c0 + b + a @ w (c0 (M, N), b (N,): an LSTM step's input projection
-    and bias); otherwise c = a @ w (c0 and b are still read, a few vectors
-    per tile, and must be arrays of those shapes: ``c`` and ``c[0]`` do).
+    and bias; N = ``padded`` columns like c's, c0 with c's row stride);
+    otherwise c = a @ w (c0 and b are still read, a few vectors per tile,
+    and must be arrays of those shapes: ``c`` and ``c[0]`` do).
 
     Each tile holds all M rows, so every weight vector is loaded once per
     product (``matmul`` walks leftover rows one at a time). With
