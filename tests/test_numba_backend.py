@@ -25,12 +25,10 @@ from polylstm_numpy import reference  # noqa: E402
 import polylstm_numba  # noqa: E402
 from polylstm_numba import _activations, _backend, _blas_threads, _kernels, _packed  # noqa: E402
 
-# The PyPI scipy wheels bundle an OpenBLAS new enough for per-thread control;
-# without it the row blocks fall back to the hand-written product.
+# The PyPI scipy wheels bundle an OpenBLAS, whose thread count the backend
+# sets; without one the row blocks fall back to the hand-written product.
 ROW_BLAS = ["blas"] if _blas_threads.available() else []
 # (path, threads, row_products): rows with 1, 2 and 3 blocks; BLAS.
-# "packed" applies to H a multiple of 16 (float32) or 8 (float64); CASES
-# has such cases (H = 8, 16); elsewhere it falls back to "blas".
 PACKED = ["packed"] if _blas_threads.available() else []
 STRATEGIES = ([("rows", 1, kind) for kind in ROW_BLAS + PACKED + ["hand"]]
               + [("rows", n, kind) for n in (2, 3) for kind in ROW_BLAS + PACKED + ["hand"]]
@@ -334,7 +332,7 @@ def test_remembered_plans_follow_the_settings():
     assert backend._plan(100, 64, 128, 128, f32) == (2, False, None)
 
 
-@pytest.mark.skipif(not _blas_threads.available(), reason="packed products need per-thread BLAS")
+@pytest.mark.skipif(not _blas_threads.available(), reason="packed products need scipy's BLAS to be OpenBLAS")
 def test_small_packed_batches_get_a_thread_per_two_rows(monkeypatch):
     monkeypatch.setattr(_backend.numba, "get_num_threads", lambda: 2)
     auto = _backend.NumbaBackend()
@@ -377,27 +375,51 @@ def test_row_products_option():
         _backend.NumbaBackend(row_products="fast")
 
 
-def test_scipy_wheel_blas_allows_per_thread_control():
-    # CI installs scipy from PyPI, whose OpenBLAS has the per-thread setting;
+def test_scipy_wheel_blas_thread_count_is_found():
+    # CI installs scipy from PyPI, whose OpenBLAS exports its thread count;
     # if this stops holding the rows path silently loses its BLAS products.
     from polylstm.testing import require
 
     require(_blas_threads.available(),
-            "openblas_set_num_threads_local in scipy's BLAS "
+            "OpenBLAS's thread count functions in scipy's BLAS "
             f"(looked up through {_blas_threads._sgemm_library_path()})")
 
 
-def test_single_threaded_restores_the_callers_blas_threads():
+def test_single_threaded_restores_the_blas_thread_count_after_the_last_block():
     if not _blas_threads.available():
-        pytest.skip("scipy's BLAS has no per-thread thread count")
-    setter = _blas_threads.find_local_setter()
-    before = setter(3)
+        pytest.skip("scipy's BLAS is not an OpenBLAS")
+    get, set_ = _blas_threads.thread_count_functions()
+    before = get()
+    set_(3)
     try:
         with _blas_threads.single_threaded():
-            assert setter(1) == 1  # inside: one thread
-        assert setter(3) == 3  # after: the caller's setting is back
+            assert get() == 1  # inside: one thread
+            with _blas_threads.single_threaded():  # overlapping blocks
+                assert get() == 1
+            assert get() == 1  # the outer block still runs
+        assert get() == 3  # after the last: the count from before
     finally:
-        setter(before)
+        set_(before)
+
+
+def test_a_two_thread_call_leaves_the_blas_thread_count_alone(monkeypatch):
+    # OpenBLAS's thread count is process-wide (openblas_set_num_threads_local
+    # included). The backend once made each new pool thread "single-threaded"
+    # with it, which left every later BLAS call of the process on one thread
+    # (the gradient products after small row blocks ran at half speed).
+    if not _blas_threads.available():
+        pytest.skip("scipy's BLAS is not an OpenBLAS")
+    get, set_ = _blas_threads.thread_count_functions()
+    before = get()
+    set_(2)
+    try:
+        for B, products in ((16, "blas"), (16, "packed"), (4, "packed")):
+            monkeypatch.setattr(_backend, "_POOL", None)  # this call starts the pool
+            case = Case(T=4, B=B, I=8, H=32)
+            _run(_backend.NumbaBackend("rows", 2, products), make_inputs(case, "float32"), case)
+            assert get() == 2, (B, products)
+    finally:
+        set_(before)
 
 
 def test_row_threads_leave_no_blas_pool_running():
@@ -407,7 +429,7 @@ def test_row_threads_leave_no_blas_pool_running():
     import time
 
     if not _blas_threads.available():
-        pytest.skip("scipy's BLAS has no per-thread thread count")
+        pytest.skip("scipy's BLAS is not an OpenBLAS")
     # Products large enough for OpenBLAS to use its threads when allowed.
     case = Case(T=100, B=16, I=128, H=128)
     inputs = make_inputs(case, "float32")

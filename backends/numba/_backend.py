@@ -40,7 +40,7 @@ ROWS_PATH_MAX_H = 192
 ROWS_PATH_HAND_MAX_MACS = 1 << 20
 
 #: The same bound for blocks of fewer than BLOCK_ROWS rows (small batches)
-#: on the hand-written product (no per-thread BLAS), and for a single row on
+#: on the hand-written product (no OpenBLAS under scipy), and for a single row on
 #: the packed one below ONE_ROW_PACKED_MIN_H. Measured
 #: with the hand-written product, rows / BLAS path time at B=1, H=64 0.9,
 #: H=192 1.05-1.2, H=256 0.9-1.2, H=512 1.7; B=4 (2-row blocks), H=192
@@ -125,11 +125,11 @@ def _run_tasks(tasks, nthreads, blas=True):
     core (a shared machine) does fewer tasks instead of holding up the call:
     measured on the 2-core box, two fixed halves at T100-B16-I128-H128 took
     3.8 or 7.5 ms depending on the neighbours. Idle workers block on a queue,
-    so they never spin. Every thread's BLAS calls are single-threaded while
-    it runs tasks (``_blas_threads``): the threads are the parallelism.
-    ``blas``: whether the tasks call BLAS; when they do not, this thread's
-    BLAS setting is left alone (setting and restoring it costs ~2 us, 1% of
-    a T200-B1-I32-H64 forward)."""
+    so they never spin. While tasks that call BLAS run, scipy's BLAS is
+    single-threaded (``_blas_threads``): the threads are the parallelism.
+    ``blas``: whether the tasks call BLAS; when they do not, the BLAS
+    setting is left alone (setting and restoring it costs ~2 us, 1% of a
+    T200-B1-I32-H64 forward)."""
     global _POOL
     nthreads = max(1, min(nthreads, len(tasks)))
     with _blas_threads.single_threaded() if blas else contextlib.nullcontext():
@@ -140,8 +140,7 @@ def _run_tasks(tasks, nthreads, blas=True):
         with _POOL_LOCK:
             if _POOL is None or _POOL._max_workers < nthreads - 1:
                 _POOL = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=nthreads - 1, thread_name_prefix="polylstm-numba",
-                    initializer=_blas_threads.make_worker_single_threaded)
+                    max_workers=nthreads - 1, thread_name_prefix="polylstm-numba")
             pool = _POOL
         # next() on an itertools.count is atomic under the GIL: each task once.
         counter = itertools.count()
@@ -221,8 +220,8 @@ class NumbaBackend(Backend):
     fewer than ``BLOCK_ROWS`` rows.
     row_products: how the rows path multiplies: ``"blas"`` (each row-block
     thread calls a single-threaded BLAS, and the gradient products after the
-    backward loop are split over the same threads; needs scipy's OpenBLAS >=
-    0.3.27, see ``_blas_threads``), ``"packed"`` (as ``"blas"``, but the
+    backward loop are split over the same threads; needs scipy's BLAS to be
+    an OpenBLAS, whose thread count ``_blas_threads`` sets), ``"packed"`` (as ``"blas"``, but the
     per-step products run the micro-kernel of ``_packed`` on weights packed
     once per call, one row block per thread, with the input projection fused
     into the forward's; for blocks of 1-3 rows the projection is one product
@@ -230,8 +229,8 @@ class NumbaBackend(Backend):
     any H: where the panel width (16 float32, 8 float64 values; 32 and 16
     for the fused forward) does not divide 4H or H, the last panel is padded
     with zero columns), ``"hand"`` (the hand-written product in the loops,
-    one multi-threaded BLAS call per gradient), or None: when per-thread
-    BLAS is available, ``"packed"`` where blocks have fewer than
+    one multi-threaded BLAS call per gradient), or None: when scipy's BLAS
+    is an OpenBLAS (``_blas_threads.available()``), ``"packed"`` where blocks have fewer than
     ``BLOCK_ROWS`` rows, H > ``ROWS_PATH_MAX_H`` or a thread has at least
     ``PACKED_MIN_ROWS`` rows, else ``"blas"``; without it ``"hand"``.
     """
@@ -248,8 +247,8 @@ class NumbaBackend(Backend):
             raise ValueError("row_products must be None, 'blas', 'hand' or 'packed', "
                              f"not {row_products!r}")
         if row_products in ("blas", "packed") and not _blas_threads.available():
-            raise ValueError(f"row_products={row_products!r} needs scipy's BLAS to be OpenBLAS >= 0.3.27 "
-                             "(openblas_set_num_threads_local); it is not")
+            raise ValueError(f"row_products={row_products!r} needs scipy's BLAS to be an OpenBLAS "
+                             "(whose thread count the backend sets); it is not")
         self.path = path
         self.threads = threads
         self.row_products = row_products
@@ -430,7 +429,12 @@ class NumbaBackend(Backend):
         # Split the gradient products over our threads after a loop that ran
         # on single-threaded BLAS or full packed blocks; after one of blocks
         # of 1-3 rows (hand-written or packed products), one multi-threaded
-        # BLAS call each is faster (T200-B1-I32-H64: 0.35 vs 0.51 ms).
+        # BLAS call each is faster. Forward+backward, multi-threaded / split,
+        # in separate processes (2026-11-29): T200-B1-I32-H64 0.55-0.67 /
+        # 0.94-0.95 ms, T100-B2-I128-H128 2.0-2.2 / 3.6-3.7, T50-B2-I512-H512
+        # 14-19 / 21-24, T100-B1-I256-H256 4.7-5.3 / 6.4-6.9; but
+        # T100-B4-I256-H256 14.5-16.2 / 13.5-13.9 (OpenBLAS's pool, spinning
+        # after the products, slows the next forward's two threads).
         row_blas = products == "blas" or _whole_packed_blocks(products, B, nthreads)
         if rows:
             blocks = _row_blocks(B, nthreads, products == "packed")

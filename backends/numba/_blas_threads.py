@@ -1,19 +1,33 @@
-"""Per-thread control of the BLAS that numba's ``np.dot`` calls.
+"""The thread count of the BLAS that numba's ``np.dot`` calls.
 
 numba's compiled ``np.dot`` calls the BLAS behind ``scipy.linalg.cython_blas``
-(scipy's own OpenBLAS in the PyPI wheels). OpenBLAS runs every call on its
-own thread pool, whose workers spin for ~0.1 s after the call returns; on a
-2-core machine they take a core from the row-block threads of the next call
-(measured: the T100-B16-I128-H128 forward took 7 ms right after a backward
-instead of 4). OpenBLAS 0.3.27 and newer can run the calls of *one* thread
-single-threaded (``openblas_set_num_threads_local``): the row-block threads
-then call BLAS themselves, in parallel, and no pool wakes up.
+(scipy's own OpenBLAS in the PyPI wheels, not NumPy's). OpenBLAS runs every
+call on its own thread pool, whose workers spin for ~0.1 s after the call
+returns; on a 2-core machine they take a core from the row-block threads of
+the next call (measured: the T100-B16-I128-H128 forward took 7 ms right after
+a backward instead of 4). So while the backend's own threads call BLAS (row
+blocks, the gradient products split among them), BLAS is made
+single-threaded: each of those calls runs on the thread that makes it, and
+no pool wakes up.
 
-``find_local_setter`` looks the function up from the shared object that
-holds scipy's ``sgemm`` entry point (``scipy.linalg.cython_blas``; symbol
-lookup through it also searches the BLAS it links), so a scipy built against
-another BLAS simply gets None and the backend keeps its hand-written
-products. Linux and macOS (``dladdr``); None elsewhere.
+OpenBLAS's thread count is one number for the whole process. That includes
+``openblas_set_num_threads_local``, despite its name (measured here: a
+pool worker that set it to 1 left every later call of the process on one
+thread, and in OpenBLAS's pthreads build it calls the global setter).
+``single_threaded`` therefore sets it for the duration of a phase and puts
+it back when the last phase running in the process ends; BLAS calls made
+meanwhile by other Python threads run single-threaded too (slower, never
+different: OpenBLAS does not split a GEMM's sums across threads). Outside
+those phases the count is the user's (``OPENBLAS_NUM_THREADS``, or the
+CPUs): the backend's one-call products (gradients after a loop of small row
+blocks, the BLAS path's per-step products) use BLAS's threads.
+
+The functions are looked up in the shared object that holds scipy's ``sgemm``
+entry point (``scipy.linalg.cython_blas``; symbol lookup through it also
+searches the BLAS it links), under OpenBLAS's names or the ``scipy_``-prefixed
+ones of scipy's wheels, so a scipy built against another BLAS simply gets
+None and the backend keeps its hand-written products. Linux and macOS
+(``dladdr``); None elsewhere.
 """
 
 from __future__ import annotations
@@ -61,51 +75,76 @@ def _sgemm_library_path():
     return info.dli_fname.decode()
 
 
+#: (getter, setter) names of OpenBLAS's thread count, in the order tried:
+#: scipy's wheels prefix OpenBLAS's symbols with ``scipy_``.
+_GET_SET_NAMES = (("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+                  ("openblas_get_num_threads", "openblas_set_num_threads"))
+
+
 @functools.lru_cache(maxsize=None)
-def find_local_setter():
-    """``openblas_set_num_threads_local(n) -> previous`` of scipy's BLAS, or
-    None when that BLAS has no such function (not OpenBLAS, or older than
-    0.3.27) or cannot be located."""
+def thread_count_functions():
+    """(get, set) of the process-wide thread count of scipy's BLAS --
+    ``get() -> n``, ``set(n)`` -- or None when that BLAS is not an OpenBLAS
+    (or cannot be located). Where only ``openblas_set_num_threads_local``
+    (``set(n) -> previous``) is exported, both are built on it."""
     path = _sgemm_library_path()
     if path is None:
         return None
     try:
-        setter = ctypes.CDLL(path).openblas_set_num_threads_local
-    except (OSError, AttributeError):
+        library = ctypes.CDLL(path)
+    except OSError:
         return None
-    setter.argtypes = [ctypes.c_int]
-    setter.restype = ctypes.c_int
-    return setter
+    for get_name, set_name in _GET_SET_NAMES:
+        get = getattr(library, get_name, None)
+        set_ = getattr(library, set_name, None)
+        if get is not None and set_ is not None:
+            get.argtypes, get.restype = [], ctypes.c_int
+            set_.argtypes, set_.restype = [ctypes.c_int], None
+            return get, set_
+    exchange = getattr(library, "openblas_set_num_threads_local", None)
+    if exchange is None:
+        return None
+    exchange.argtypes, exchange.restype = [ctypes.c_int], ctypes.c_int
+
+    def get_via_exchange():
+        current = exchange(1)
+        exchange(current)
+        return current
+
+    return get_via_exchange, exchange
 
 
 def available() -> bool:
-    """True when the calling thread's BLAS calls can be made single-threaded."""
-    return find_local_setter() is not None
+    """True when the backend can make scipy's BLAS calls single-threaded."""
+    return thread_count_functions() is not None
+
+
+_phase_lock = threading.Lock()
+_phases = 0  # single_threaded blocks running now, in any thread
+_saved = None  # the thread count before the first of them
 
 
 @contextlib.contextmanager
 def single_threaded():
-    """Within the block, this thread's BLAS calls (from numba code) run on
-    this thread only; the previous setting comes back afterwards, so a
-    caller's own thread is left as it was. A no-op when not ``available()``."""
-    setter = find_local_setter()
-    if setter is None:
+    """Within the block, scipy's BLAS runs each call on its calling thread
+    (process-wide: see the module's docstring). Blocks may overlap, in one
+    thread or several; the count in force before the first comes back when
+    the last ends. A no-op when not ``available()``."""
+    global _phases, _saved
+    functions = thread_count_functions()
+    if functions is None:
         yield
         return
-    previous = setter(1)
+    get, set_ = functions
+    with _phase_lock:
+        if _phases == 0:
+            _saved = get()
+            set_(1)
+        _phases += 1
     try:
         yield
     finally:
-        setter(previous)
-
-
-_worker_state = threading.local()
-
-
-def make_worker_single_threaded():
-    """Thread-pool initializer: this worker's BLAS calls stay on this worker
-    for its whole life (the worker belongs to the backend)."""
-    setter = find_local_setter()
-    if setter is not None and not getattr(_worker_state, "done", False):
-        setter(1)
-        _worker_state.done = True
+        with _phase_lock:
+            _phases -= 1
+            if _phases == 0:
+                set_(_saved)

@@ -19,7 +19,7 @@ Two ways to run the recurrence, chosen by the caller per call:
   loop for its blocks, calling a single-threaded BLAS, the packed-weight
   micro-kernel of ``_packed`` (one block per thread, so that a weight panel
   serves all the thread's rows), or, where scipy's BLAS cannot be made
-  single-threaded per thread, a hand-written product. Rows of different
+  single-threaded (not an OpenBLAS), a hand-written product. Rows of different
   blocks never interact, so there is no per-step synchronisation and no BLAS
   thread pool (without the packed kernel, blocks of fewer than 4 rows keep
   the hand-written product: measured faster for one-row blocks). The threads are plain Python threads
@@ -30,7 +30,7 @@ Two ways to run the recurrence, chosen by the caller per call:
   BLAS GEMM over the whole batch (``np.dot`` with ``out``, so no allocation),
   using BLAS's own threads. For one row at hidden sizes where BLAS's two
   threads beat one thread's packed product (``_backend.choose_path``), and
-  for large shapes without per-thread BLAS.
+  for large shapes where scipy's BLAS is not an OpenBLAS.
 
 The input projection ``x @ w_ih.T`` is fused into the per-step product on
 the packed kernel (``forward_packed``: ``[x_t | h] @ [w_ih.T; w_hh.T]``);
