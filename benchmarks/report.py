@@ -1,6 +1,6 @@
 """Print the benchmark grid as a Markdown table (what docs/benchmarks.md records).
 
-    python benchmarks/report.py [--runner numba --runner pytorch ...] [--shape LABEL ...]
+    python benchmarks/report.py [--runner numba --runner pytorch ...] [--shape LABEL|T,B,I,H ...]
                                 [--mode forward ...] [--dtype float32] [--repeats 3] [--rounds 3]
                                 [--min-time 0.1]
 
@@ -22,6 +22,7 @@ import platform
 import sys
 
 from polylstm import benchmarking as bm
+from polylstm.cli_bench import parse_shape
 
 
 def _versions(runners):
@@ -48,7 +49,9 @@ def _cpu_model():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runner", action="append", default=None)
-    parser.add_argument("--shape", action="append", default=None)
+    parser.add_argument("--shape", action="append", default=None,
+                        help="a grid shape's label (T100-B16-I128-H128) or any T,B,I,H (repeatable; "
+                             "default: the grid)")
     parser.add_argument("--mode", action="append", default=None, choices=bm.MODES)
     parser.add_argument("--dtype", default="float32", choices=bm.DTYPES)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per runner and round")
@@ -60,7 +63,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     by_label = {s.label: s for s in bm.SHAPES}
-    shapes = [by_label[label] for label in args.shape] if args.shape else list(bm.SHAPES)
+    try:
+        shapes = ([by_label[text] if text in by_label else parse_shape(text) for text in args.shape]
+                  if args.shape else list(bm.SHAPES))
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"--shape: {exc} (or a grid label: {', '.join(by_label)})")
     runners = bm.list_runners(names=args.runner)
     threads = args.threads or bm.default_threads()
 
