@@ -40,8 +40,8 @@ ROWS_PATH_MAX_H = 192
 ROWS_PATH_HAND_MAX_MACS = 1 << 20
 
 #: The same bound for blocks of fewer than BLOCK_ROWS rows (small batches)
-#: on the hand-written product (no OpenBLAS under scipy), and for a single row on
-#: the packed one below ONE_ROW_PACKED_MIN_H. Measured
+#: on the hand-written product (no OpenBLAS under scipy), and for a single
+#: row on the packed one below ONE_ROW_PACKED_MIN_H. Measured
 #: with the hand-written product, rows / BLAS path time at B=1, H=64 0.9,
 #: H=192 1.05-1.2, H=256 0.9-1.2, H=512 1.7; B=4 (2-row blocks), H=192
 #: 1.4-1.9.
@@ -221,18 +221,19 @@ class NumbaBackend(Backend):
     row_products: how the rows path multiplies: ``"blas"`` (each row-block
     thread calls a single-threaded BLAS, and the gradient products after the
     backward loop are split over the same threads; needs scipy's BLAS to be
-    an OpenBLAS, whose thread count ``_blas_threads`` sets), ``"packed"`` (as ``"blas"``, but the
-    per-step products run the micro-kernel of ``_packed`` on weights packed
-    once per call, one row block per thread, with the input projection fused
-    into the forward's; for blocks of 1-3 rows the projection is one product
-    before the loop and each gradient one multi-threaded BLAS call instead;
-    any H: where the panel width (16 float32, 8 float64 values; 32 and 16
-    for the fused forward) does not divide 4H or H, the last panel is padded
-    with zero columns), ``"hand"`` (the hand-written product in the loops,
-    one multi-threaded BLAS call per gradient), or None: when scipy's BLAS
-    is an OpenBLAS (``_blas_threads.available()``), ``"packed"`` where blocks have fewer than
-    ``BLOCK_ROWS`` rows, H > ``ROWS_PATH_MAX_H`` or a thread has at least
-    ``PACKED_MIN_ROWS`` rows, else ``"blas"``; without it ``"hand"``.
+    an OpenBLAS, whose thread count ``_blas_threads`` sets), ``"packed"``
+    (as ``"blas"``, but the per-step products run the micro-kernel of
+    ``_packed`` on weights packed once per call, one row block per thread,
+    with the input projection fused into the forward's; for blocks of 1-3
+    rows the projection is one product before the loop and each gradient
+    one multi-threaded BLAS call instead; any H: where the panel width (16
+    float32, 8 float64 values; 32 and 16 for the fused forward) does not
+    divide 4H or H, the last panel is padded with zero columns), ``"hand"``
+    (the hand-written product in the loops, one multi-threaded BLAS call per
+    gradient), or None: when scipy's BLAS is an OpenBLAS
+    (``_blas_threads.available()``), ``"packed"`` where blocks have fewer
+    than ``BLOCK_ROWS`` rows, H > ``ROWS_PATH_MAX_H`` or a thread has at
+    least ``PACKED_MIN_ROWS`` rows, else ``"blas"``; without it ``"hand"``.
     """
 
     name = "numba"

@@ -19,11 +19,11 @@ Two ways to run the recurrence, chosen by the caller per call:
   loop for its blocks, calling a single-threaded BLAS, the packed-weight
   micro-kernel of ``_packed`` (one block per thread, so that a weight panel
   serves all the thread's rows), or, where scipy's BLAS cannot be made
-  single-threaded (not an OpenBLAS), a hand-written product. Rows of different
-  blocks never interact, so there is no per-step synchronisation and no BLAS
-  thread pool (without the packed kernel, blocks of fewer than 4 rows keep
-  the hand-written product: measured faster for one-row blocks). The threads are plain Python threads
-  calling these GIL-free functions (see ``_backend``), not numba's
+  single-threaded (not an OpenBLAS), a hand-written product. Rows of
+  different blocks never interact, so there is no per-step synchronisation
+  and no BLAS thread pool (without the packed kernel, blocks of fewer than 4
+  rows keep the hand-written product: measured faster for one-row blocks).
+  The threads are plain Python threads calling these GIL-free functions (see ``_backend``), not numba's
   ``parallel=True``: its OpenMP layer spin-waits, which on a 2-core machine
   shared with other work made one call 16x slower.
 * **blas** (``*_blas``): one thread walks time; the per-step product is one
@@ -435,8 +435,8 @@ def _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, 
                     dh, dc, da, hprev, dp, tmp, product):
     """BPTT time loop for batch rows r0..r1-1; ``product`` as in
     ``_forward_steps``, or PACKED with ``w_hh_p`` = ``_packed.pack(w_hh)``,
-    (P, 4H, L), L = ``_packed.PANEL`` of the dtype, P = H/L rounded up (otherwise any float
-    array of that rank).
+    (P, 4H, L), L = ``_packed.PANEL`` of the dtype, P = H/L rounded up
+    (otherwise any float array of that rank).
 
     dy: (T, B, H)   w_hh: (4H, H)   p: (3, H)   lengths: (B,)   h0, c0: (B, H)
     y, ctape: (T, B, H) and gates: (T, B, 4H) from the tape.
@@ -444,8 +444,9 @@ def _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, 
     da: (T, B, 4H) receives da_t (zero-filled when rows have padded steps).
     hprev: (T, B, H) receives
     h_{t-1} of every active step (for dw_hh).   dp: (nblocks, 3, H) zero-filled,
-    row ``blk`` receives this block's peephole gradient.   tmp: (B, H) scratch;
-    for PACKED (B, ``_packed.padded(H, L)``), as the product writes whole panels.
+    row ``blk`` receives this block's peephole gradient.   tmp: (B, H)
+    scratch; for PACKED (B, ``_packed.padded(H, L)``), as the product writes
+    whole panels.
     """
     T, _, H = dy.shape
     for s in range(T):

@@ -238,7 +238,12 @@ def pack(w, wp):
     P = ``panels(N, L)``; columns N..PL-1 of the last panel are zeros."""
     K, N = w.shape
     L = wp.shape[2]
-    for p in range(wp.shape[0]):
+    for p in range(N // L):
+        for k in range(K):
+            for j in range(L):
+                wp[p, k, j] = w[k, p * L + j]
+    if N % L:  # the last panel, part columns of w, part zeros
+        p = N // L
         for k in range(K):
             for j in range(L):
                 n = p * L + j
