@@ -1,6 +1,6 @@
-"""Where the Numba backend's forward time goes, per shape of the grid (float32).
+"""Where the Numba backend's forward time goes, per shape (float32; default: the grid).
 
-    python benchmarks/numba_breakdown.py [--shape LABEL ...] [--repeats 7]
+    python benchmarks/numba_breakdown.py [--shape LABEL|T,B,I,H ...] [--repeats 7]
 
 For each shape it times, as compiled loops over the same arrays the backend
 uses: the whole ``NumbaBackend.forward`` (no tape); the input projection alone;
@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit
 
 from polylstm import benchmarking as bm
+from polylstm.cli_bench import parse_shape_or_label
 from polylstm_numba import _backend, _kernels, _packed
 
 
@@ -190,11 +191,11 @@ def breakdown(shape: bm.Shape, repeats: int):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", action="append", default=None)
+    parser.add_argument("--shape", action="append", default=None, type=parse_shape_or_label,
+                        help="a grid shape's label or any T,B,I,H (repeatable; default: the grid)")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
-    by_label = {s.label: s for s in bm.SHAPES}
-    shapes = [by_label[label] for label in args.shape] if args.shape else list(bm.SHAPES)
+    shapes = args.shape or list(bm.SHAPES)
     print(f"float32 GEMM ceiling (NumPy BLAS, 2048^3): {bm.measure_gemm_ceiling():.1f} GFLOP/s")
     print("| shape | path (blocks) | component | median ms | GFLOP/s |")
     print("|---|---|---|---|---|")

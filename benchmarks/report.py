@@ -22,7 +22,7 @@ import platform
 import sys
 
 from polylstm import benchmarking as bm
-from polylstm.cli_bench import parse_shape
+from polylstm.cli_bench import parse_shape_or_label
 
 
 def _versions(runners):
@@ -49,7 +49,7 @@ def _cpu_model():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runner", action="append", default=None)
-    parser.add_argument("--shape", action="append", default=None,
+    parser.add_argument("--shape", action="append", default=None, type=parse_shape_or_label,
                         help="a grid shape's label (T100-B16-I128-H128) or any T,B,I,H (repeatable; "
                              "default: the grid)")
     parser.add_argument("--mode", action="append", default=None, choices=bm.MODES)
@@ -62,12 +62,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
 
-    by_label = {s.label: s for s in bm.SHAPES}
-    try:
-        shapes = ([by_label[text] if text in by_label else parse_shape(text) for text in args.shape]
-                  if args.shape else list(bm.SHAPES))
-    except argparse.ArgumentTypeError as exc:
-        parser.error(f"--shape: {exc} (or a grid label: {', '.join(by_label)})")
+    shapes = args.shape or list(bm.SHAPES)
     runners = bm.list_runners(names=args.runner)
     threads = args.threads or bm.default_threads()
 

@@ -49,6 +49,19 @@ def parse_shape(text: str) -> bm.Shape:
     return bm.Shape(*values)
 
 
+def parse_shape_or_label(text: str) -> bm.Shape:
+    """A grid shape's label (``"T100-B16-I128-H128"``, see
+    :data:`polylstm.benchmarking.SHAPES`) or any ``"T,B,I,H"``."""
+    for shape in bm.SHAPES:
+        if shape.label == text:
+            return shape
+    try:
+        return parse_shape(text)
+    except argparse.ArgumentTypeError as exc:
+        labels = ", ".join(s.label for s in bm.SHAPES)
+        raise argparse.ArgumentTypeError(f"{exc}, or a grid label ({labels})") from None
+
+
 def _names(text: str) -> list:
     return [n.strip() for n in text.split(",") if n.strip()]
 

@@ -6,6 +6,7 @@ registered here at run time, so no optional package is needed (the chart test
 needs matplotlib, from the docs extra).
 """
 
+import argparse
 import json
 
 import numpy as np
@@ -169,6 +170,15 @@ def test_bad_shape_is_rejected():
     with pytest.raises(SystemExit):
         main(["bench", "--shape", "6,3,4"])
     assert cli_bench.parse_shape("6x3x4x5") == cli_bench.bm.Shape(6, 3, 4, 5)
+
+
+def test_a_shape_is_a_grid_label_or_four_sizes():
+    # benchmarks/report.py and numba_breakdown.py take either.
+    grid = cli_bench.bm.SHAPES[2]
+    assert cli_bench.parse_shape_or_label(grid.label) == grid
+    assert cli_bench.parse_shape_or_label("100,8,64,200") == cli_bench.bm.Shape(100, 8, 64, 200)
+    with pytest.raises(argparse.ArgumentTypeError, match="grid label"):
+        cli_bench.parse_shape_or_label("T100-B8")
 
 
 def test_list_names_every_runner(capsys):
