@@ -8,6 +8,7 @@ blocks of unequal size, leftover rows of the 4-row blocking and single-row
 blocks all occur.
 """
 
+import os
 import subprocess
 import sys
 
@@ -420,6 +421,53 @@ def test_a_two_thread_call_leaves_the_blas_thread_count_alone(monkeypatch):
             assert get() == 2, (B, products)
     finally:
         set_(before)
+
+
+_FORK_CHILD_CALL = """
+import os, signal, sys
+import numpy as np
+from polylstm_numba import _backend, _blas_threads
+rng = np.random.default_rng(0)
+T, B, I, H = 5, 8, 4, 8
+args = [rng.standard_normal(s).astype(np.float32) for s in
+        ((T, B, I), (4 * H, I), (4 * H, H), (4 * H,), (B, H), (B, H))]
+backend = _backend.NumbaBackend("rows", 2, sys.argv[1])  # two row blocks: the pool
+want = backend.forward(*args, None, None, False, False).y
+count = _blas_threads.thread_count_functions()[0]() if _blas_threads.available() else None
+# Another thread is inside a single-threaded BLAS phase when the fork comes:
+# the child, which has no such thread, must get the count from before it.
+import threading
+inside, leave = threading.Event(), threading.Event()
+def hold():
+    with _blas_threads.single_threaded():
+        inside.set()
+        leave.wait()
+holder = threading.Thread(target=hold)
+holder.start()
+inside.wait()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(30)  # a hang ends the child with SIGALRM
+    got = backend.forward(*args, None, None, False, False).y
+    same_count = count is None or _blas_threads.thread_count_functions()[0]() == count
+    os._exit(0 if np.array_equal(got, want) and same_count else 3)
+leave.set()
+holder.join()
+_, status = os.waitpid(pid, 0)
+sys.exit(0 if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else (4 if os.WIFSIGNALED(status) else 3))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("products", ROW_BLAS or ["hand"])  # "blas": a BLAS phase too
+def test_a_forked_child_runs_two_thread_calls(products):
+    # The pool's threads do not survive fork (multiprocessing's default on
+    # Linux before Python 3.14): before the pool was forgotten in the
+    # child, its first two-thread call waited forever for them.
+    done = subprocess.run([sys.executable, "-c", _FORK_CHILD_CALL, products],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, {3: "wrong result or BLAS thread count", 4: "the child hung"}.get(
+        done.returncode, done.stderr)
 
 
 def test_row_threads_leave_no_blas_pool_running():

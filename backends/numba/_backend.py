@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import functools
 import itertools
+import os
 import threading
 
 import numba
@@ -116,6 +117,21 @@ def _row_blocks(B, nthreads, whole=False):
 
 _POOL = None
 _POOL_LOCK = threading.Lock()
+
+
+def _forget_pool_after_fork():
+    """In a child made by ``fork`` (multiprocessing's default start method
+    on Linux before Python 3.14), the pool's threads do not exist: a task
+    handed to it would never run and the call would wait forever (measured:
+    a two-thread forward in such a child hung). The child starts its own
+    pool at its first two-thread call."""
+    global _POOL, _POOL_LOCK
+    _POOL = None
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _run_tasks(tasks, nthreads, blas=True):

@@ -36,6 +36,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import os
 import threading
 
 
@@ -148,3 +149,20 @@ def single_threaded():
             _phases -= 1
             if _phases == 0:
                 set_(_saved)
+
+
+def _reset_after_fork():
+    """A child made by ``fork`` has only the forking thread: phases other
+    threads were running are not running there (and ``_phase_lock`` may have
+    been held by one). Put back the count from before them."""
+    global _phase_lock, _phases
+    if _phases:
+        functions = thread_count_functions()
+        if functions is not None:
+            functions[1](_saved)
+    _phase_lock = threading.Lock()
+    _phases = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
