@@ -334,6 +334,25 @@ def test_remembered_plans_follow_the_settings():
 
 
 @pytest.mark.skipif(not _blas_threads.available(), reason="packed products need scipy's BLAS to be OpenBLAS")
+def test_short_calls_on_large_weights_take_the_blas_path(monkeypatch):
+    monkeypatch.setattr(_backend.numba, "get_num_threads", lambda: 2)
+    auto = _backend.NumbaBackend()
+    f32 = np.dtype(np.float32)
+    blas_path = (2, False, None)
+    packed = (2, True, "packed")
+    # 4H * (I+H) = 8.4M weight values; T x rows per thread up to 128, from
+    # 16 rows per thread: the BLAS path, forward and backward alike.
+    for T, B in ((1, 64), (2, 128), (1, 256)):
+        assert auto._plan(T, B, 1024, 1024, f32) == auto._backward_plan(T, B, 1024, 1024, f32) == blas_path
+    for T, B in ((1, 512), (8, 64), (4, 16), (50, 256)):
+        assert auto._plan(T, B, 1024, 1024, f32) == auto._backward_plan(T, B, 1024, 1024, f32) == packed
+    # A smaller weight (2.1M values), or settings that choose: packed.
+    assert auto._plan(1, 256, 512, 512, f32) == auto._backward_plan(1, 256, 512, 512, f32) == packed
+    forced = _backend.NumbaBackend(row_products="packed")
+    assert forced._plan(1, 64, 1024, 1024, f32) == forced._backward_plan(1, 64, 1024, 1024, f32) == packed
+
+
+@pytest.mark.skipif(not _blas_threads.available(), reason="packed products need scipy's BLAS to be OpenBLAS")
 def test_small_packed_batches_get_a_thread_per_two_rows(monkeypatch):
     monkeypatch.setattr(_backend.numba, "get_num_threads", lambda: 2)
     auto = _backend.NumbaBackend()

@@ -87,6 +87,27 @@ ONE_ROW_BACKWARD_ROWS_MAX_H = 256
 PACKED_MIN_ROWS = 5
 
 
+#: Calls of few steps on a large weight take the BLAS path (multi-threaded
+#: GEMMs over all rows, forward and backward) instead of whole packed
+#: blocks, whose weights are packed on one thread while the other waits and
+#: whose backward splits the gradient products (K = T*B small) over
+#: single-threaded BLAS calls: from SHORT_CALL_MIN_WEIGHTS weight values
+#: (4H * (I+H)) on, with at least SHORT_CALL_MIN_ROWS rows per thread and T
+#: times those rows at most SHORT_CALL_MAX_STEP_ROWS. Measured (float32, 2
+#: threads, separate processes), BLAS path / packed blocks, forward and
+#: forward+backward, H = I = 1024: T1-B64 0.53 and 0.42, T2-B128 0.80 and
+#: 0.74, T1-B256 0.72 and 0.68; outside the rule T1-B512 1.13 and 0.72,
+#: T8-B64 1.04 and 0.82, T4-B16 (8 rows per thread) 0.76 and 1.06. Forward
+#: and backward keep one strategy: with the forward on packed blocks and
+#: the backward on the BLAS path, OpenBLAS's pool, spinning after the
+#: backward, slowed the next forward's two threads (T8-B64 forward+backward
+#: 205-228 ms against 189-192 all packed). At H = I = 512 (2.1M values) the
+#: two were within the noise (T1-B256, T2-B64, T10-B64).
+SHORT_CALL_MIN_WEIGHTS = 1 << 22
+SHORT_CALL_MIN_ROWS = 16
+SHORT_CALL_MAX_STEP_ROWS = 128
+
+
 #: Below this many multiply-adds per forward call (T*B*4H*(I+H)), one thread
 #: does the whole call: handing work to a pool thread costs ~90 us (median;
 #: 260 us at the 90th percentile) on the 2-core box, more than a second core
@@ -317,13 +338,15 @@ class NumbaBackend(Backend):
         limit = ROWS_PATH_SMALL_BLOCK_MAX_MACS if small_blocks else ROWS_PATH_HAND_MAX_MACS
         return "rows" if rows_per_thread * H * 4 * H <= limit else "blas"
 
-    def _plan(self, T, B, I, H, dtype):
-        """(threads, rows path?, row products or None) for one call; the
+    def _plan(self, T, B, I, H, dtype, backward=False):
+        """(threads, rows path?, row products or None) for one forward call
+        (``backward``: for one backward call, ``_backward_plan``); the
         choices of ``threads_for``, ``choose_path`` and
-        ``choose_row_products``, remembered per shape and setting (they cost
-        ~8 us per call, 3% of a T200-B1-I32-H64 forward)."""
+        ``choose_row_products``, then the rules below, remembered per shape
+        and setting (they cost ~8 us per call, 3% of a T200-B1-I32-H64
+        forward)."""
         key = (self.path, self.threads, self.row_products, numba.get_num_threads(),
-               T, B, I, H, dtype)
+               T, B, I, H, dtype, backward)
         plan = _PLANS.get(key)
         if plan is None:
             nthreads = self.threads_for(T, B, I, H)
@@ -338,21 +361,34 @@ class NumbaBackend(Backend):
                 # T100-B2-H192..256); two threads of 2-3 rows beat one of
                 # 4-6 (0.56-0.86).
                 nthreads = max(1, min(nthreads, B // 2))
+            chosen = self.path == "auto" and self.row_products is None
+            if self._short_call_on_large_weights(T, B, I, H, nthreads, rows, products):
+                rows, products = False, None
+            elif backward and chosen and rows and B == 1 and H > ONE_ROW_BACKWARD_ROWS_MAX_H:
+                rows, products = False, None
             plan = (nthreads, rows, products)
             if len(_PLANS) >= _PLANS_MAX:  # variable shapes: keep it bounded
                 _PLANS.clear()
             _PLANS[key] = plan
         return plan
 
+    def _short_call_on_large_weights(self, T, B, I, H, nthreads, rows, products):
+        """Whether a call the settings leave to the backend, planned as
+        whole packed blocks, has few enough steps on a large enough weight
+        to take the BLAS path instead (``SHORT_CALL_MIN_WEIGHTS``,
+        ``SHORT_CALL_MIN_ROWS``, ``SHORT_CALL_MAX_STEP_ROWS``)."""
+        rows_per_thread = _rows_per_thread(B, nthreads)
+        return (rows and self.path == "auto" and self.row_products is None
+                and _whole_packed_blocks(products, B, nthreads)
+                and 4 * H * (I + H) >= SHORT_CALL_MIN_WEIGHTS
+                and rows_per_thread >= SHORT_CALL_MIN_ROWS
+                and T * rows_per_thread <= SHORT_CALL_MAX_STEP_ROWS)
+
     def _backward_plan(self, T, B, I, H, dtype):
         """``_plan`` for the backward: the same, except that a one-row batch
         above ``ONE_ROW_BACKWARD_ROWS_MAX_H`` takes the BLAS path when the
         settings leave the choice to the backend."""
-        nthreads, rows, products = self._plan(T, B, I, H, dtype)
-        if (rows and B == 1 and H > ONE_ROW_BACKWARD_ROWS_MAX_H and self.path == "auto"
-                and self.row_products is None):
-            return nthreads, False, None
-        return nthreads, rows, products
+        return self._plan(T, B, I, H, dtype, backward=True)
 
     def forward(self, x, w_ih, w_hh, b, h0, c0, peephole, lengths, reverse, store):
         """x: (T, B, I)  w_ih: (4H, I)  w_hh: (4H, H)  b: (4H,)  h0, c0: (B, H)
