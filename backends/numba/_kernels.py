@@ -382,6 +382,8 @@ def forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape,
     BLAS GEMM, then a BLAS GEMM per step over the whole batch.
 
     x: (T, B, I)   w_ih: (4H, I)   b: (4H,)   xw: (T, B, 4H) scratch.
+    w_hh_t: (H, 4H) = w_hh.T, in either memory order (the caller passes the
+    transposed view of w_hh: BLAS reads it as it is).
     Other arguments as ``_forward_steps``. Every product goes through the same
     BLAS (scipy's, which numba calls), so only one BLAS thread pool is awake.
     """
@@ -389,8 +391,8 @@ def forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape,
     G = xw.shape[2]
     xw2 = xw.reshape(T * B, G)
     np.dot(x.reshape(T * B, I), w_ih.T, xw2)
-    unused = w_hh_t.reshape(1, w_hh_t.shape[0], G)  # no packed weight on this path
-    _forward_steps(0, B, xw, b, w_hh_t, unused, p, lengths, reverse, h, c, y, gates, ctape, acc,
+    # No packed weight on this path: any array of rank 3 fills that place.
+    _forward_steps(0, B, xw, b, w_hh_t, xw, p, lengths, reverse, h, c, y, gates, ctape, acc,
                    BLAS)
 
 
