@@ -350,6 +350,15 @@ def test_short_calls_on_large_weights_take_the_blas_path(monkeypatch):
     assert auto._plan(1, 256, 512, 512, f32) == auto._backward_plan(1, 256, 512, 512, f32) == packed
     forced = _backend.NumbaBackend(row_products="packed")
     assert forced._plan(1, 64, 1024, 1024, f32) == forced._backward_plan(1, 64, 1024, 1024, f32) == packed
+    # Blocks of 1-3 rows (one thread here: small calls): a step or two, or up
+    # to 8 step rows on 2M weight values or more, take the BLAS path too.
+    one = (1, False, None)
+    for T, B, I, H in ((1, 1, 32, 64), (2, 1, 128, 128), (1, 2, 128, 128), (4, 1, 512, 512),
+                       (8, 1, 512, 512)):
+        assert auto._plan(T, B, I, H, f32) == auto._backward_plan(T, B, I, H, f32) == one, (T, B, H)
+    for T, B, I, H in ((3, 1, 128, 128), (1, 3, 256, 256), (200, 1, 32, 64)):
+        assert auto._plan(T, B, I, H, f32) == auto._backward_plan(T, B, I, H, f32) == (
+            1, True, "packed"), (T, B, H)
 
 
 @pytest.mark.skipif(not _blas_threads.available(), reason="packed products need scipy's BLAS to be OpenBLAS")

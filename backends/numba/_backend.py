@@ -107,6 +107,21 @@ SHORT_CALL_MIN_WEIGHTS = 1 << 22
 SHORT_CALL_MIN_ROWS = 16
 SHORT_CALL_MAX_STEP_ROWS = 128
 
+#: The same for packed blocks of 1-3 rows, whose two weights are packed on
+#: one thread (about two passes over them) for products of 1-3 rows: the
+#: BLAS path (no packing; BLAS reads the weights as they are) when T times
+#: the rows per thread is at most FEW_ROWS_SHORT_MAX_STEP_ROWS, or at most
+#: FEW_ROWS_LARGE_MAX_STEP_ROWS on FEW_ROWS_LARGE_MIN_WEIGHTS weight values
+#: or more. Measured in one process (float32), BLAS path / packed, forward
+#: and forward+backward: T1-B1 at I,H = 32,64 0.60 and 0.58, 256,256 0.43
+#: and 0.36, 512,512 0.17 and 0.53; T1-B2-H128 0.51 and 0.49, T2-B1-H128
+#: 0.52 and 0.43, T1-B2-H1024 0.26 and 0.27; T4-B1-H512 0.55 and 0.77,
+#: T8-B1-H512 0.49 and 0.70; but T3-B1-H128 1.26 and 0.79, T4-B1-H128 1.20
+#: and 0.78, T1-B3-H256 1.56 and 0.83, T4-B2-H256 2.54 and 1.02.
+FEW_ROWS_SHORT_MAX_STEP_ROWS = 2
+FEW_ROWS_LARGE_MIN_WEIGHTS = 1 << 21
+FEW_ROWS_LARGE_MAX_STEP_ROWS = 8
+
 
 #: Below this many multiply-adds per forward call (T*B*4H*(I+H)), one thread
 #: does the whole call: handing work to a pool thread costs ~90 us (median;
@@ -373,16 +388,22 @@ class NumbaBackend(Backend):
         return plan
 
     def _short_call_on_large_weights(self, T, B, I, H, nthreads, rows, products):
-        """Whether a call the settings leave to the backend, planned as
-        whole packed blocks, has few enough steps on a large enough weight
-        to take the BLAS path instead (``SHORT_CALL_MIN_WEIGHTS``,
-        ``SHORT_CALL_MIN_ROWS``, ``SHORT_CALL_MAX_STEP_ROWS``)."""
+        """Whether a call the settings leave to the backend, planned on
+        packed products, has too few steps for packing its weights to pay,
+        and takes the BLAS path instead: whole packed blocks by
+        ``SHORT_CALL_*``, blocks of 1-3 rows by ``FEW_ROWS_*``."""
+        if not (rows and products == "packed" and self.path == "auto"
+                and self.row_products is None):
+            return False
         rows_per_thread = _rows_per_thread(B, nthreads)
-        return (rows and self.path == "auto" and self.row_products is None
-                and _whole_packed_blocks(products, B, nthreads)
-                and 4 * H * (I + H) >= SHORT_CALL_MIN_WEIGHTS
-                and rows_per_thread >= SHORT_CALL_MIN_ROWS
-                and T * rows_per_thread <= SHORT_CALL_MAX_STEP_ROWS)
+        step_rows = T * rows_per_thread
+        weights = 4 * H * (I + H)
+        if _whole_packed_blocks(products, B, nthreads):
+            return (weights >= SHORT_CALL_MIN_WEIGHTS and rows_per_thread >= SHORT_CALL_MIN_ROWS
+                    and step_rows <= SHORT_CALL_MAX_STEP_ROWS)
+        return (step_rows <= FEW_ROWS_SHORT_MAX_STEP_ROWS
+                or (weights >= FEW_ROWS_LARGE_MIN_WEIGHTS
+                    and step_rows <= FEW_ROWS_LARGE_MAX_STEP_ROWS))
 
     def _backward_plan(self, T, B, I, H, dtype):
         """``_plan`` for the backward: the same, except that a one-row batch
