@@ -377,7 +377,7 @@ class NumbaBackend(Backend):
                 # 4-6 (0.56-0.86).
                 nthreads = max(1, min(nthreads, B // 2))
             chosen = self.path == "auto" and self.row_products is None
-            if self._short_call_on_large_weights(T, B, I, H, nthreads, rows, products):
+            if self._too_short_to_pack(T, B, I, H, nthreads, rows, products):
                 rows, products = False, None
             elif backward and chosen and rows and B == 1 and H > ONE_ROW_BACKWARD_ROWS_MAX_H:
                 rows, products = False, None
@@ -387,7 +387,7 @@ class NumbaBackend(Backend):
             _PLANS[key] = plan
         return plan
 
-    def _short_call_on_large_weights(self, T, B, I, H, nthreads, rows, products):
+    def _too_short_to_pack(self, T, B, I, H, nthreads, rows, products):
         """Whether a call the settings leave to the backend, planned on
         packed products, has too few steps for packing its weights to pay,
         and takes the BLAS path instead: whole packed blocks by
