@@ -334,7 +334,7 @@ def test_remembered_plans_follow_the_settings():
 
 
 @pytest.mark.skipif(not _blas_threads.available(), reason="packed products need scipy's BLAS to be OpenBLAS")
-def test_short_calls_on_large_weights_take_the_blas_path(monkeypatch):
+def test_calls_too_short_to_pack_take_the_blas_path(monkeypatch):
     monkeypatch.setattr(_backend.numba, "get_num_threads", lambda: 2)
     auto = _backend.NumbaBackend()
     f32 = np.dtype(np.float32)
