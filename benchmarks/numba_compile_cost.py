@@ -7,8 +7,8 @@ Runs, in fresh processes with an empty numba cache (a temporary
 a backward and a forward without tape on small shapes chosen to reach each
 strategy the backend picks by itself in turn (packed rows, BLAS rows, packed
 one-row blocks, the BLAS path; the hand-written product is only taken where
-scipy's BLAS cannot be made single-threaded per thread), and prints the seconds each one took: the first call of a
-strategy compiles what it needs. Then it runs the same in a second process
+scipy's BLAS is not an OpenBLAS), and prints the seconds each one took: the
+first call of a strategy compiles what it needs. Then it runs the same in a second process
 on the now warm cache, where the first call only loads it.
 """
 
