@@ -414,41 +414,41 @@ def test_scipy_wheel_blas_thread_count_is_found():
             f"(looked up through {_blas_threads._sgemm_library_path()})")
 
 
-def test_single_threaded_restores_the_blas_thread_count_after_the_last_block():
+@pytest.fixture
+def blas_thread_count():
+    """(get, set) of scipy's OpenBLAS thread count; the count the test found
+    is put back afterwards. Skips where scipy's BLAS is not an OpenBLAS."""
     if not _blas_threads.available():
         pytest.skip("scipy's BLAS is not an OpenBLAS")
     get, set_ = _blas_threads.thread_count_functions()
     before = get()
+    yield get, set_
+    set_(before)
+
+
+def test_single_threaded_restores_the_blas_thread_count_after_the_last_block(blas_thread_count):
+    get, set_ = blas_thread_count
     set_(3)
-    try:
-        with _blas_threads.single_threaded():
-            assert get() == 1  # inside: one thread
-            with _blas_threads.single_threaded():  # overlapping blocks
-                assert get() == 1
-            assert get() == 1  # the outer block still runs
-        assert get() == 3  # after the last: the count from before
-    finally:
-        set_(before)
+    with _blas_threads.single_threaded():
+        assert get() == 1  # inside: one thread
+        with _blas_threads.single_threaded():  # overlapping blocks
+            assert get() == 1
+        assert get() == 1  # the outer block still runs
+    assert get() == 3  # after the last: the count from before
 
 
-def test_a_two_thread_call_leaves_the_blas_thread_count_alone(monkeypatch):
+def test_a_two_thread_call_leaves_the_blas_thread_count_alone(monkeypatch, blas_thread_count):
     # OpenBLAS's thread count is process-wide (openblas_set_num_threads_local
     # included). The backend once made each new pool thread "single-threaded"
     # with it, which left every later BLAS call of the process on one thread
     # (the gradient products after small row blocks ran at half speed).
-    if not _blas_threads.available():
-        pytest.skip("scipy's BLAS is not an OpenBLAS")
-    get, set_ = _blas_threads.thread_count_functions()
-    before = get()
+    get, set_ = blas_thread_count
     set_(2)
-    try:
-        for B, products in ((16, "blas"), (16, "packed"), (4, "packed")):
-            monkeypatch.setattr(_backend, "_POOL", None)  # this call starts the pool
-            case = Case(T=4, B=B, I=8, H=32)
-            _run(_backend.NumbaBackend("rows", 2, products), make_inputs(case, "float32"), case)
-            assert get() == 2, (B, products)
-    finally:
-        set_(before)
+    for B, products in ((16, "blas"), (16, "packed"), (4, "packed")):
+        monkeypatch.setattr(_backend, "_POOL", None)  # this call starts the pool
+        case = Case(T=4, B=B, I=8, H=32)
+        _run(_backend.NumbaBackend("rows", 2, products), make_inputs(case, "float32"), case)
+        assert get() == 2, (B, products)
 
 
 _FORK_CHILD_CALL = """

@@ -234,6 +234,22 @@ def _whole_packed_blocks(products, B, nthreads):
     return products == "packed" and _rows_per_thread(B, nthreads) >= BLOCK_ROWS
 
 
+def _too_short_to_pack(T, B, I, H, nthreads, products):
+    """Whether a call planned on packed products has too few steps for
+    packing its weights to pay (the BLAS path then runs it): whole packed
+    blocks by ``SHORT_CALL_*``, blocks of 1-3 rows by ``FEW_ROWS_*``."""
+    if products != "packed":
+        return False
+    rows_per_thread = _rows_per_thread(B, nthreads)
+    step_rows = T * rows_per_thread
+    weights = 4 * H * (I + H)
+    if _whole_packed_blocks(products, B, nthreads):
+        return (weights >= SHORT_CALL_MIN_WEIGHTS and rows_per_thread >= SHORT_CALL_MIN_ROWS
+                and step_rows <= SHORT_CALL_MAX_STEP_ROWS)
+    return (step_rows <= FEW_ROWS_SHORT_MAX_STEP_ROWS
+            or (weights >= FEW_ROWS_LARGE_MIN_WEIGHTS and step_rows <= FEW_ROWS_LARGE_MAX_STEP_ROWS))
+
+
 def _row_chunks(n, pieces):
     """[(n0, n1), ...]: rows 0..n-1 in about ``pieces`` contiguous chunks of
     at least 32 rows (each chunk is one product)."""
@@ -376,34 +392,18 @@ class NumbaBackend(Backend):
                 # T100-B2-H192..256); two threads of 2-3 rows beat one of
                 # 4-6 (0.56-0.86).
                 nthreads = max(1, min(nthreads, B // 2))
-            chosen = self.path == "auto" and self.row_products is None
-            if self._too_short_to_pack(T, B, I, H, nthreads, rows, products):
-                rows, products = False, None
-            elif backward and chosen and rows and B == 1 and H > ONE_ROW_BACKWARD_ROWS_MAX_H:
+            # Where the settings leave the choice to the backend: the BLAS
+            # path for calls too short for packing, and for a one-row
+            # backward above ONE_ROW_BACKWARD_ROWS_MAX_H.
+            if rows and self.path == "auto" and self.row_products is None and (
+                    _too_short_to_pack(T, B, I, H, nthreads, products)
+                    or (backward and B == 1 and H > ONE_ROW_BACKWARD_ROWS_MAX_H)):
                 rows, products = False, None
             plan = (nthreads, rows, products)
             if len(_PLANS) >= _PLANS_MAX:  # variable shapes: keep it bounded
                 _PLANS.clear()
             _PLANS[key] = plan
         return plan
-
-    def _too_short_to_pack(self, T, B, I, H, nthreads, rows, products):
-        """Whether a call the settings leave to the backend, planned on
-        packed products, has too few steps for packing its weights to pay,
-        and takes the BLAS path instead: whole packed blocks by
-        ``SHORT_CALL_*``, blocks of 1-3 rows by ``FEW_ROWS_*``."""
-        if not (rows and products == "packed" and self.path == "auto"
-                and self.row_products is None):
-            return False
-        rows_per_thread = _rows_per_thread(B, nthreads)
-        step_rows = T * rows_per_thread
-        weights = 4 * H * (I + H)
-        if _whole_packed_blocks(products, B, nthreads):
-            return (weights >= SHORT_CALL_MIN_WEIGHTS and rows_per_thread >= SHORT_CALL_MIN_ROWS
-                    and step_rows <= SHORT_CALL_MAX_STEP_ROWS)
-        return (step_rows <= FEW_ROWS_SHORT_MAX_STEP_ROWS
-                or (weights >= FEW_ROWS_LARGE_MIN_WEIGHTS
-                    and step_rows <= FEW_ROWS_LARGE_MAX_STEP_ROWS))
 
     def _backward_plan(self, T, B, I, H, dtype):
         """``_plan`` for the backward: the same, except that a one-row batch

@@ -23,9 +23,10 @@ Two ways to run the recurrence, chosen by the caller per call:
   different blocks never interact, so there is no per-step synchronisation
   and no BLAS thread pool (without the packed kernel, blocks of fewer than 4
   rows keep the hand-written product: measured faster for one-row blocks).
-  The threads are plain Python threads calling these GIL-free functions (see ``_backend``), not numba's
-  ``parallel=True``: its OpenMP layer spin-waits, which on a 2-core machine
-  shared with other work made one call 16x slower.
+  The threads are plain Python threads calling these GIL-free functions
+  (see ``_backend``), not numba's ``parallel=True``: its OpenMP layer
+  spin-waits, which on a 2-core machine shared with other work made one
+  call 16x slower.
 * **blas** (``*_blas``): one thread walks time; the per-step product is one
   BLAS GEMM over the whole batch (``np.dot`` with ``out``, so no allocation),
   using BLAS's own threads. For one row at hidden sizes where BLAS's two
