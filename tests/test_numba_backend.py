@@ -24,16 +24,20 @@ from polylstm.testing import Case, make_inputs  # noqa: E402
 from polylstm_numpy import reference  # noqa: E402
 
 import polylstm_numba  # noqa: E402
-from polylstm_numba import _activations, _backend, _blas_threads, _kernels, _packed  # noqa: E402
+from polylstm_numba import (  # noqa: E402
+    _activations, _backend, _barrier, _blas_threads, _kernels, _packed)
 
 # The PyPI scipy wheels bundle an OpenBLAS, whose thread count the backend
 # sets; without one the row blocks fall back to the hand-written product.
 ROW_BLAS = ["blas"] if _blas_threads.available() else []
 # (path, threads, row_products): rows with 1, 2 and 3 blocks; BLAS.
 PACKED = ["packed"] if _blas_threads.available() else []
+# The column split (forward only; its backward is the automatic choice) on
+# 1, 2 and 3 slices: with H = 4..9, slices of 1-5 units, unequal ones.
+COLUMNS = [("columns", n, None) for n in (1, 2, 3)] if _barrier.available() else []
 STRATEGIES = ([("rows", 1, kind) for kind in ROW_BLAS + PACKED + ["hand"]]
               + [("rows", n, kind) for n in (2, 3) for kind in ROW_BLAS + PACKED + ["hand"]]
-              + [("blas", None, None)])
+              + [("blas", None, None)] + COLUMNS)
 TOL = {"float32": 2e-5, "float64": 1e-11}
 
 
@@ -366,24 +370,83 @@ def test_small_packed_batches_get_a_thread_per_two_rows(monkeypatch):
     monkeypatch.setattr(_backend.numba, "get_num_threads", lambda: 2)
     auto = _backend.NumbaBackend()
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
-    assert auto._plan(100, 2, 256, 256, f32) == (1, True, "packed")  # both rows on one thread
-    assert auto._plan(100, 3, 512, 512, f64) == (1, True, "packed")
-    assert auto._plan(100, 4, 256, 256, f32) == (2, True, "packed")  # 2 + 2 rows
-    assert auto._plan(100, 6, 128, 128, f32) == (2, True, "packed")
+
+    def train(*shape):  # the plan of a forward that keeps a tape
+        return auto._plan(*shape, tape=True)
+
+    assert train(100, 2, 256, 256, f32) == (1, True, "packed")  # both rows on one thread
+    assert train(100, 3, 512, 512, f64) == (1, True, "packed")
+    assert train(100, 4, 256, 256, f32) == (2, True, "packed")  # 2 + 2 rows
+    assert train(100, 6, 128, 128, f32) == auto._plan(100, 6, 128, 128, f32) == (2, True, "packed")
     # One row: the rows path for a small or a large recurrent weight, the
     # BLAS path's two threads between them.
-    assert auto._plan(200, 1, 32, 64, f32) == (1, True, "packed")
-    assert auto._plan(100, 1, 192, 192, f32) == (2, False, None)
-    assert auto._plan(100, 1, 256, 256, f32) == (1, True, "packed")
+    assert train(200, 1, 32, 64, f32) == (1, True, "packed")
+    assert train(100, 1, 192, 192, f32) == (2, False, None)
+    assert train(100, 1, 256, 256, f32) == (1, True, "packed")
     # An explicit thread count is kept.
-    assert _backend.NumbaBackend(threads=2)._plan(100, 2, 256, 256, f32) == (2, True, "packed")
+    assert _backend.NumbaBackend(threads=2)._plan(100, 2, 256, 256, f32, tape=True) == (
+        2, True, "packed")
     # The backward of one row with a weight beyond L2 takes the BLAS path;
-    # of two rows, or at H = 256, the forward's plan.
+    # of two rows, or at H = 256, the training forward's plan.
     assert auto._backward_plan(50, 1, 512, 512, f32)[1:] == (False, None)
-    assert auto._backward_plan(100, 1, 256, 256, f32) == auto._plan(100, 1, 256, 256, f32)
+    assert auto._backward_plan(100, 1, 256, 256, f32) == train(100, 1, 256, 256, f32)
     assert auto._backward_plan(50, 2, 512, 512, f32) == (1, True, "packed")
     forced = _backend.NumbaBackend(path="rows")
     assert forced._backward_plan(50, 1, 512, 512, f32) == forced._plan(50, 1, 512, 512, f32)
+
+
+@pytest.mark.skipif(not _barrier.available(), reason="the column split's barrier is Linux only")
+def test_small_batches_without_tape_split_columns(monkeypatch):
+    monkeypatch.setattr(_backend.numba, "get_num_threads", lambda: 2)
+    auto = _backend.NumbaBackend()
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    columns = (2, True, "columns")
+    # Fewer than 2 rows per thread from H = 192, float32 and float64.
+    for T, B, I, H, dtype in ((100, 1, 192, 192, f32), (100, 1, 256, 256, f32),
+                              (100, 2, 256, 256, f32), (100, 3, 512, 512, f64),
+                              (50, 1, 1024, 1024, f32)):
+        assert auto._plan(T, B, I, H, dtype) == columns, (T, B, H)
+        assert auto._plan(T, B, I, H, dtype, tape=True) != columns  # training: rows or BLAS
+        assert auto._backward_plan(T, B, I, H, dtype) != columns
+    # Two rows per thread or more, H < 192, a call too small for two threads
+    # or too short to pack, or settings that choose: something else.
+    for T, B, I, H in ((100, 4, 256, 256), (100, 2, 128, 128), (100, 1, 160, 160),
+                       (8, 1, 512, 512), (2, 2, 256, 256), (1, 1, 1024, 1024)):
+        assert auto._plan(T, B, I, H, f32)[2] != "columns", (T, B, H)
+    for settings in ({"path": "rows"}, {"row_products": "packed"}):
+        assert _backend.NumbaBackend(**settings)._plan(100, 2, 256, 256, f32)[2] != "columns"
+    # Forced: any shape, one slice per thread and at most one per unit.
+    assert _backend.NumbaBackend("columns", 3)._plan(100, 64, 8, 2, f32) == (2, True, "columns")
+    assert _backend.NumbaBackend("columns", 3)._plan(5, 2, 8, 9, f32, tape=True) == (
+        3, True, "columns")
+
+
+@pytest.mark.skipif(not _barrier.available(), reason="the column split's barrier is Linux only")
+@pytest.mark.parametrize("threads", [2, 3])
+def test_column_split_finishes_when_one_thread_does_every_piece(monkeypatch, threads):
+    # Threads claim the pieces as they come: a thread that starts after the
+    # others have finished (or never) must not hold the call up, and one
+    # thread running every slice computes the same bits as a thread each.
+    case = Case(T=9, B=3, I=5, H=11, lengths=True, reverse=True, peephole=True)
+    inputs = make_inputs(case, "float32")
+    backend = _backend.NumbaBackend("columns", threads)
+    want = _named(*_run(backend, inputs, case))
+    monkeypatch.setattr(_backend, "_run_tasks", lambda tasks, nthreads, blas=True: [
+        task() for task in tasks])  # the tasks one after another, on this thread
+    got = _named(*_run(backend, inputs, case))
+    for name in want:
+        assert got[name].tobytes() == want[name].tobytes(), name
+
+
+def test_barrier_claims_each_piece_once_and_counts_finished_pieces():
+    flags = np.zeros(4, np.int64)
+    assert _barrier.claim(flags, 2) and not _barrier.claim(flags, 2)
+    assert flags.tolist() == [0, 0, 1, 0]
+    counter = np.zeros(8, np.int64)
+    for _ in range(3):
+        _barrier.finish(counter)
+    _barrier.wait_until(counter, 3)  # returns at once: 3 pieces finished
+    assert counter[0] == 3
 
 
 def test_small_calls_stay_on_one_thread():
@@ -629,6 +692,7 @@ def test_activation_accuracy_and_dtype(dtype):
                          [("rows", "hand", 8, "float64")]
                          + [("rows", k, 8, "float64") for k in ROW_BLAS]
                          + [("rows", k, 16, "float32") for k in PACKED]
+                         + [("columns", None, 16, "float32")] * bool(COLUMNS)
                          + [("blas", None, 8, "float64")])
 def test_concurrent_calls_from_several_threads_match_serial_ones(path, products, H, dtype):
     # The row-block pool is shared and the BLAS thread setting is per thread:

@@ -1,8 +1,8 @@
 """The Numba backend object: allocation, argument normalisation, path choice.
 
 The compiled code lives in :mod:`polylstm_numba._kernels`; this module
-allocates, normalises optional arguments, picks one of the two strategies
-described there and runs row blocks on threads. It calls no NumPy matrix
+allocates, normalises optional arguments, picks one of the strategies
+described there and runs row blocks (or column slices) on threads. It calls no NumPy matrix
 product itself: NumPy's BLAS is a second OpenBLAS with its own thread pool,
 and its workers spin for a while after each call, stealing a core from the
 kernels that follow (see docs/benchmarks.md).
@@ -17,6 +17,7 @@ import contextlib
 import functools
 import itertools
 import os
+import sys
 import threading
 
 import numba
@@ -24,7 +25,7 @@ import numpy as np
 
 from polylstm.backend import Backend, ForwardOutput, Gradients
 
-from . import _blas_threads, _kernels, _packed
+from . import _barrier, _blas_threads, _kernels, _packed
 
 #: Row blocks calling single-threaded BLAS beat one multi-threaded BLAS call
 #: per step up to this hidden size; above it every block streams a recurrent
@@ -121,6 +122,34 @@ SHORT_CALL_MAX_STEP_ROWS = 128
 FEW_ROWS_SHORT_MAX_STEP_ROWS = 2
 FEW_ROWS_LARGE_MIN_WEIGHTS = 1 << 21
 FEW_ROWS_LARGE_MAX_STEP_ROWS = 8
+
+
+#: The forward without a tape of batches of fewer than two rows per thread
+#: (where the row blocks get a thread per 2 rows and leave threads idle)
+#: from COLUMNS_MIN_H hidden units on splits the hidden units, not the
+#: rows, between the threads (``_forward_columns``): each thread multiplies
+#: all rows by its slice of the recurrent weight, so on two threads it
+#: streams half of it at every step, from L2 where the whole one would not
+#: fit, and a batch of 1-3 rows gets two threads instead of one. Measured
+#: against the row blocks (float32, 2 threads, back-to-back calls,
+#: interleaved in one process; 2026-11-29): B=1 H=192
+#: 0.78, H=256 0.58-0.65, H=512 0.60, H=1024 0.70; B=2 H=192 0.63, H=256
+#: 0.55-0.68, H=512 0.58-0.69; B=3 H=256 0.60; B=4 H=192 0.82-0.97, H=256
+#: 0.78-0.83, H=512 0.78 (but 1.07 at H=256 timed after a 0.3 s pause, as
+#: the report does; the row blocks already run 2 + 2 rows there); B=6 H=192
+#: 1.02, H=256 0.96; and at H=128 B=1 0.89-1.25, B=2 0.74-1.16, B=4 1.00,
+#: B=8 and B=16 1.09-1.27. Not with a tape: the training step's backward ends with
+#: multi-threaded BLAS products whose pool spins for ~0.1 s into the next
+#: forward, and threads that meet at every step lose to it (forward +
+#: backward 1.07-1.8x the row blocks'). After ~10 ms idle (the second
+#: vCPU asleep) a call gets little from its second thread: B=1 H=256
+#: 2.33-2.43 ms against 2.14-2.20 on the row blocks' one thread.
+COLUMNS_MIN_H = 192
+#: ... with at least this many hidden units per thread: fewer threads for a
+#: smaller H on a machine with many cores (not measured beyond two threads;
+#: each thread's step is then a (B, H) x (H, 4 * 64) product, ~1 us, against
+#: a barrier of ~0.1 us per thread).
+COLUMNS_MIN_UNITS = 64
 
 
 #: Below this many multiply-adds per forward call (T*B*4H*(I+H)), one thread
@@ -281,8 +310,10 @@ class NumbaBackend(Backend):
     """LSTM primitive compiled with numba; float32 and float64, every feature.
 
     path: ``"auto"`` (choose per call), ``"rows"`` or ``"blas"`` (force one
-    recurrence strategy; used by the tests to check both on any shape).
-    threads: threads of the rows path; None uses ``numba.get_num_threads()``
+    recurrence strategy; used by the tests to check each on any shape), or
+    ``"columns"`` (every forward split by hidden units, ``_forward_columns``,
+    with ``threads`` threads; the backward as ``"auto"`` chooses; Linux).
+    threads: threads of the rows path and the column split; None uses ``numba.get_num_threads()``
     (the CPUs, or ``NUMBA_NUM_THREADS``), but one thread for calls below
     ``PARALLEL_MIN_MACS`` and at most one per 2 rows for packed blocks of
     fewer than ``BLOCK_ROWS`` rows.
@@ -308,8 +339,11 @@ class NumbaBackend(Backend):
     xp = np
 
     def __init__(self, path: str = "auto", threads=None, row_products=None):
-        if path not in ("auto", "rows", "blas"):
-            raise ValueError(f"path must be 'auto', 'rows' or 'blas', not {path!r}")
+        if path not in ("auto", "rows", "blas", "columns"):
+            raise ValueError(f"path must be 'auto', 'rows', 'blas' or 'columns', not {path!r}")
+        if path == "columns" and not _barrier.available():
+            raise ValueError("path='columns' needs the threads' barrier, which is built for "
+                             f"Linux only (this is {sys.platform!r})")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, not {threads!r}")
         if row_products not in (None, "blas", "hand", "packed"):
@@ -352,8 +386,10 @@ class NumbaBackend(Backend):
         return self._threads()
 
     def choose_path(self, B, H, nthreads=None, dtype=None):
-        """'rows' or 'blas' for a batch of B rows and hidden size H."""
-        if self.path != "auto":
+        """'rows' or 'blas' for a batch of B rows and hidden size H (with
+        ``path="columns"``, for the calls it leaves to the other strategies:
+        the backward)."""
+        if self.path in ("rows", "blas"):
             return self.path
         nthreads = nthreads or self._threads()
         products = self.choose_row_products(B, nthreads, H, dtype)
@@ -369,41 +405,69 @@ class NumbaBackend(Backend):
         limit = ROWS_PATH_SMALL_BLOCK_MAX_MACS if small_blocks else ROWS_PATH_HAND_MAX_MACS
         return "rows" if rows_per_thread * H * 4 * H <= limit else "blas"
 
-    def _plan(self, T, B, I, H, dtype, backward=False):
+    def _plan(self, T, B, I, H, dtype, backward=False, tape=False):
         """(threads, rows path?, row products or None) for one forward call
-        (``backward``: for one backward call, ``_backward_plan``); the
+        (``tape``: one that keeps a tape; ``backward``: for one backward
+        call, ``_backward_plan``); row products "columns": the column split
+        (``_forward_columns``); the
         choices of ``threads_for``, ``choose_path`` and
         ``choose_row_products``, then the rules below, remembered per shape
         and setting (they cost ~8 us per call, 3% of a T200-B1-I32-H64
         forward)."""
         key = (self.path, self.threads, self.row_products, numba.get_num_threads(),
-               T, B, I, H, dtype, backward)
+               T, B, I, H, dtype, backward, tape)
         plan = _PLANS.get(key)
         if plan is None:
             nthreads = self.threads_for(T, B, I, H)
-            rows = self.choose_path(B, H, nthreads, dtype) == "rows"
-            products = self.choose_row_products(B, nthreads, H, dtype) if rows else None
-            if (products == "packed" and self.threads is None
-                    and not _whole_packed_blocks(products, B, nthreads)):
-                # Packed blocks of 1-3 rows: a thread per 2 rows at most.
-                # Each thread streams the whole recurrent weight at every
-                # step, so one-row blocks on two threads lost to one thread
-                # with both rows (and to the BLAS path: 1.4-1.6x at
-                # T100-B2-H192..256); two threads of 2-3 rows beat one of
-                # 4-6 (0.56-0.86).
-                nthreads = max(1, min(nthreads, B // 2))
-            # Where the settings leave the choice to the backend: the BLAS
-            # path for calls too short for packing, and for a one-row
-            # backward above ONE_ROW_BACKWARD_ROWS_MAX_H.
-            if rows and self.path == "auto" and self.row_products is None and (
-                    _too_short_to_pack(T, B, I, H, nthreads, products)
-                    or (backward and B == 1 and H > ONE_ROW_BACKWARD_ROWS_MAX_H)):
-                rows, products = False, None
-            plan = (nthreads, rows, products)
+            column_threads = self._column_threads(T, B, I, H, nthreads, dtype, backward, tape)
+            plan = (column_threads, True, "columns") if column_threads else self._rows_or_blas_plan(
+                T, B, I, H, dtype, backward, nthreads)
             if len(_PLANS) >= _PLANS_MAX:  # variable shapes: keep it bounded
                 _PLANS.clear()
             _PLANS[key] = plan
         return plan
+
+    def _rows_or_blas_plan(self, T, B, I, H, dtype, backward, nthreads):
+        """``_plan`` for the rows path and the BLAS path (no column split)."""
+        rows = self.choose_path(B, H, nthreads, dtype) == "rows"
+        products = self.choose_row_products(B, nthreads, H, dtype) if rows else None
+        if (products == "packed" and self.threads is None
+                and not _whole_packed_blocks(products, B, nthreads)):
+            # Packed blocks of 1-3 rows: a thread per 2 rows at most.
+            # Each thread streams the whole recurrent weight at every
+            # step, so one-row blocks on two threads lost to one thread
+            # with both rows (and to the BLAS path: 1.4-1.6x at
+            # T100-B2-H192..256); two threads of 2-3 rows beat one of
+            # 4-6 (0.56-0.86).
+            nthreads = max(1, min(nthreads, B // 2))
+        # Where the settings leave the choice to the backend: the BLAS
+        # path for calls too short for packing, and for a one-row
+        # backward above ONE_ROW_BACKWARD_ROWS_MAX_H.
+        if rows and self.path in ("auto", "columns") and self.row_products is None and (
+                _too_short_to_pack(T, B, I, H, nthreads, products)
+                or (backward and B == 1 and H > ONE_ROW_BACKWARD_ROWS_MAX_H)):
+            rows, products = False, None
+        return (nthreads, rows, products)
+
+    def _column_threads(self, T, B, I, H, nthreads, dtype, backward, tape):
+        """Threads of a column-split forward (``_forward_columns``) for this
+        call, or 0 where it takes another strategy: with ``path="columns"``
+        always (at most one thread per hidden unit); with ``"auto"`` and no
+        ``row_products`` by ``COLUMNS_*``, for calls without a tape (see
+        ``COLUMNS_MIN_H``) large enough for two threads and not too short to
+        pack. The backward never splits columns (its plan is what
+        ``"auto"`` would choose)."""
+        if backward or not _barrier.available() or not _packed.packable(dtype, H, 1):
+            return 0
+        if self.path == "columns":
+            return max(1, min(nthreads, H))
+        if (self.path != "auto" or self.row_products is not None or tape
+                or H < COLUMNS_MIN_H):
+            return 0
+        nthreads = min(nthreads, H // COLUMNS_MIN_UNITS)
+        if nthreads < 2 or B >= 2 * nthreads:
+            return 0
+        return 0 if _too_short_to_pack(T, B, I, H, nthreads, "packed") else nthreads
 
     def _backward_plan(self, T, B, I, H, dtype):
         """``_plan`` for the backward: the same, except that a one-row batch
@@ -432,7 +496,11 @@ class NumbaBackend(Backend):
         h = h0.copy()
         c = c0.copy()
         reverse = bool(reverse)
-        nthreads, rows, products = self._plan(T, B, I, H, dtype)
+        nthreads, rows, products = self._plan(T, B, I, H, dtype, tape=store)
+        if products == "columns":
+            _forward_columns(x, w_ih, w_hh, b, p, lengths, reverse, h, c, y, gates, ctape,
+                             nthreads)
+            return _forward_output(y, h, c, gates, ctape, store)
         if _whole_packed_blocks(products, B, nthreads):
             # The input projection and the bias are fused into the per-step
             # products: no (T, B, 4H) projection buffer, no bias pass. The
@@ -546,6 +614,43 @@ _PLANS = {}
 _PLANS_MAX = 4096
 
 _PRODUCT = {"hand": _kernels.HAND, "blas": _kernels.BLAS, "packed": _kernels.PACKED}
+
+
+def _forward_columns(x, w_ih, w_hh, b, p, lengths, reverse, h, c, y, gates, ctape, nthreads):
+    """The forward with the hidden units split into ``nthreads`` column
+    slices, computed by up to ``nthreads`` threads that take the pieces as
+    they come (``_kernels.forward_split``). Arguments as
+    ``NumbaBackend.forward``'s buffers: x: (T, B, I)   w_ih: (4H, I)
+    w_hh: (4H, H)   b: (4H,)   p: (3, H)   lengths: (B,)   h, c: (B, H)
+    start as h0, c0 and end as h_n, c_n   y: (T, B, H)   gates: (T, B, 4H)
+    and ctape: (T, B, H), or (1, B, .) placeholders without a tape."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    dtype = x.dtype
+    L = _packed.PANEL_OF[dtype]
+    slices = nthreads
+    edges = np.array([H * k // slices for k in range(slices + 1)], np.int64)
+    U = int(np.diff(edges).max())
+    P = _packed.panels(4 * U, L)
+    G = P * L
+    hbuf = np.empty((2, B, H), dtype)  # h_{t-1} and h_t, by step parity
+    hbuf[0] = h
+    # Every buffer is allocated here, none in the kernels (a thread failing
+    # inside a piece it had claimed would leave the others waiting). A
+    # slice's panels, P * K * L values, are a whole number of 64-byte lines
+    # (L values are 64 bytes), so every slice starts aligned.
+    args = (x, np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh), np.ascontiguousarray(b),
+            p, lengths, reverse, hbuf, c, y, gates, ctape,
+            np.zeros(slices * (T + 1), np.int64), np.zeros(8, np.int64), edges,
+            np.empty((slices, 4 * U, I), dtype), np.empty((slices, 4 * U, H), dtype),
+            _packed.new_panels(slices * P, I, L, x).reshape(slices, P, I, L),
+            _packed.new_panels(slices * P, H, L, x).reshape(slices, P, H, L),
+            np.empty((slices, G), dtype), np.empty((slices, 3 * U), dtype),
+            np.empty((slices, T, B, G), dtype), np.empty((slices, B, G), dtype),
+            np.empty((slices, G), dtype))
+    _run_tasks([functools.partial(_kernels.forward_split, first, *args)
+                for first in range(slices)], nthreads, blas=False)
+    h[...] = hbuf[T % 2]
 
 
 def _pack(w, width=None):

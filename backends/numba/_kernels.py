@@ -12,7 +12,7 @@ Time order follows the reference: the loop visits t = 0..T-1 (or T-1..0 when
 are padded steps). For a reverse direction this starts each sequence at its
 own ``lengths[b] - 1``.
 
-Two ways to run the recurrence, chosen by the caller per call:
+Three ways to run the recurrence, chosen by the caller per call:
 
 * **rows** (``forward_rows``, ``forward_packed``, ``backward_rows``): the
   batch is cut into contiguous row blocks; each thread runs the whole time
@@ -27,6 +27,12 @@ Two ways to run the recurrence, chosen by the caller per call:
   (see ``_backend``), not numba's ``parallel=True``: its OpenMP layer
   spin-waits, which on a 2-core machine shared with other work made one
   call 16x slower.
+* **columns** (``forward_split``, the forward only): the hidden units are
+  cut into slices, one per thread; a thread multiplies every row by its
+  slice of the weights, so it streams only that slice at every step, and
+  the threads exchange h through a shared buffer, claiming each step's
+  pieces and waiting for the step before with atomics (``_barrier``). For
+  batches too small to give every thread rows of its own.
 * **blas** (``*_blas``): one thread walks time; the per-step product is one
   BLAS GEMM over the whole batch (``np.dot`` with ``out``, so no allocation),
   using BLAS's own threads. For one row at hidden sizes where BLAS's two
@@ -45,7 +51,7 @@ or one BLAS GEMM on the BLAS path). After the backward loop ``dx``,
 import numpy as np
 from numba import njit
 
-from . import _packed
+from . import _barrier, _packed
 from ._activations import one_like, sigmoid, tanh
 
 # How a kernel multiplies (``product`` arguments): the hand-written product,
@@ -375,6 +381,110 @@ def forward_packed(r0, r1, x, w_p, p, lengths, reverse, h, c, y, gates, ctape, z
         for r in range(r0, r1):
             if t < lengths[r]:
                 _gate_row(acc[r], p, h[r], c[r], y[t, r], gates[tt, r], ctape[tt, r], keep)
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
+def forward_split(first, x, w_ih, w_hh, b, p, lengths, reverse, hbuf, c, y, gates, ctape,
+                  flags, finished, edges, w_rows_ih, w_rows_hh, w_ih_p, w_hh_p, b_p, p_p, xw,
+                  acc, grow):
+    """A forward with the hidden units split into column slices, run by
+    several threads at once, each calling this (GIL released).
+
+    The work is pieces (q, j): for slice j (units edges[j]..edges[j+1]-1,
+    their four gate columns, for every row), q = 0 packs its weights and
+    computes its columns of the input projection for all steps and rows;
+    q = s + 1 is time step s. A thread walks q = 0..T and, for each, claims
+    the slices no thread has claimed yet (``_barrier.claim``), slice
+    ``first`` first, so that each thread keeps its own slice's weights in
+    its cache; it computes a claimed piece once all pieces of q - 1 are
+    finished (``_barrier.wait_until``). A thread that starts late or loses
+    its core therefore never holds the others up (they take its pieces):
+    only a piece it has claimed and not finished is waited for.
+
+    Shared: x: (T, B, I)   w_ih: (4H, I)   w_hh: (4H, H)   b: (4H,)
+    p: (3, H)   lengths: (B,)   hbuf: (2, B, H), hbuf[0] = h0: step s
+    reads h_{t-1} from hbuf[s % 2] and writes h_t into hbuf[(s + 1) % 2]
+    (step s - 1 has finished reading hbuf[(s + 1) % 2] before any piece of
+    step s starts)   c: (B, H) updated in place   y, gates, ctape: as
+    ``_forward_steps``   flags: (C * (T + 1),) int64 zeros   finished:
+    (k,) int64 zeros   edges: (C + 1,) int64.
+    Per slice j, with U = the largest slice's units, P = ``_packed.panels(
+    4U, L)``, G = P * L: w_rows_ih (C, 4U, I), w_rows_hh (C, 4U, H): the
+    rows of the four gates for its units; w_ih_p (C, P, I, L), w_hh_p
+    (C, P, H, L) panels (each slice's aligned); b_p (C, G); p_p (C, 3U);
+    xw (C, T, B, G); acc (C, B, G); grow (C, G). A slice's scratch is only touched by the thread computing
+    one of its pieces, and two pieces of one slice never run at once.
+    """
+    T = x.shape[0]
+    C = edges.shape[0] - 1
+    for q in range(T + 1):
+        for i in range(C):
+            j = (first + i) % C
+            if not _barrier.claim(flags, q * C + j):
+                continue
+            _barrier.wait_until(finished, q * C)
+            _split_piece(q, j, x, w_ih, w_hh, b, p, lengths, reverse, hbuf, c, y, gates, ctape,
+                         edges, w_rows_ih, w_rows_hh, w_ih_p, w_hh_p, b_p, p_p, xw, acc, grow)
+            _barrier.finish(finished)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _split_piece(q, j, x, w_ih, w_hh, b, p, lengths, reverse, hbuf, c, y, gates, ctape, edges,
+                 w_rows_ih, w_rows_hh, w_ih_p, w_hh_p, b_p, p_p, xw, acc, grow):
+    """Piece (q, j) of ``forward_split`` (arguments as there)."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    u0 = edges[j]
+    u1 = edges[j + 1]
+    U = u1 - u0
+    # Every slice has the largest one's panels; a smaller slice's extra
+    # columns are zeros (weights and bias), computed and never read.
+    wp_ih = w_ih_p[j]
+    wp_hh = w_hh_p[j]
+    b_k = b_p[j]
+    p_k = p_p[j, :3 * U].reshape((3, U))
+    xw_k = xw[j]
+    acc_k = acc[j]
+    if q == 0:
+        rows_ih = w_rows_ih[j]
+        rows_hh = w_rows_hh[j]
+        for g in range(4):
+            rows_ih[g * U:(g + 1) * U] = w_ih[g * H + u0:g * H + u1]
+            rows_hh[g * U:(g + 1) * U] = w_hh[g * H + u0:g * H + u1]
+            b_k[g * U:(g + 1) * U] = b[g * H + u0:g * H + u1]
+        rows_ih[4 * U:] = 0
+        rows_hh[4 * U:] = 0
+        b_k[4 * U:] = 0
+        p_k[:] = p[:, u0:u1]
+        _packed.pack_transposed(rows_ih, wp_ih, 0)
+        _packed.pack_transposed(rows_hh, wp_hh, 0)
+        _packed.matmul(x.reshape(T * B, I), wp_ih, xw_k.reshape(T * B, xw_k.shape[2]))
+        return
+    s = q - 1
+    t = T - 1 - s if reverse else s
+    keep = gates.shape[0] == T
+    tt = t if keep else 0
+    h_prev = hbuf[s % 2]
+    h_next = hbuf[(s + 1) % 2]
+    gr = grow[j]
+    few = B <= 3
+    if few:
+        _packed.matmul_few(h_prev, wp_hh, acc_k, xw_k[t], b_k, True, s % 2 == 1)
+    else:
+        _packed.matmul(h_prev, wp_hh, acc_k)
+    for r in range(B):
+        if t < lengths[r]:
+            if few:
+                _gate_row(acc_k[r], p_k, h_next[r, u0:u1], c[r, u0:u1], y[t, r, u0:u1], gr,
+                          ctape[tt, r, u0:u1], keep)
+            else:
+                _cell_forward_row(acc_k[r], xw_k[t, r], b_k, p_k, h_next[r, u0:u1],
+                                  c[r, u0:u1], y[t, r, u0:u1], gr, ctape[tt, r, u0:u1], keep)
+            if keep:
+                for g in range(4):
+                    gates[tt, r, g * H + u0:g * H + u1] = gr[g * U:(g + 1) * U]
+        else:
+            h_next[r, u0:u1] = h_prev[r, u0:u1]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

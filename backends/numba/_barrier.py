@@ -1,0 +1,155 @@
+"""Atomics for threads that share one call's work in compiled code (numba).
+
+The column split (``_kernels.forward_split``) cuts the work of a forward
+into pieces (a slice of the hidden units at one step) that depend on all
+pieces of the step before. Steps are microseconds long, far too short for a
+lock or a condition variable (a futex wake on this VM costs 26-90 us), so
+threads claim pieces with a compare-and-swap (``claim``), count finished
+ones with an atomic add (``finish``) and wait for a step's pieces by
+spinning on that count (``wait_until``) with the CPU's pause hint; after
+``SPINS_BEFORE_YIELD`` rounds each further round also gives the core away
+with ``sched_yield``, so that on a machine shared with other work a waiting
+thread does not burn the core that the thread it waits for needs.
+
+The atomics are LLVM instructions emitted through ``numba.extending.intrinsic``
+(``cmpxchg`` and ``atomicrmw add``, sequentially consistent; ``load atomic``
+acquire): the add publishes the thread's writes for its piece (h, c, y)
+before the others see the count, and no load of the next piece moves above
+the wait. ``sched_yield`` is called by its C name, which the JIT's linker
+resolves in the running process, so cached machine code holds no address.
+Linux only: elsewhere ``available()`` is False and the backend keeps its
+other strategies.
+"""
+
+import platform
+import sys
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+#: Rounds of pause-and-check before each further round also yields the core:
+#: with the pause hint at ~10-65 cycles on current x86, tens of
+#: microseconds, several steps' worth, before a waiting thread starts
+#: yielding. (A plain barrier measured ~60 ns per meeting of two running
+#: threads here.)
+SPINS_BEFORE_YIELD = 2000
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+def available() -> bool:
+    """Whether the barrier can be compiled here (Linux: ``sched_yield``)."""
+    return sys.platform.startswith("linux")
+
+
+def _counter_pointer(context, builder, array_type, array_value):
+    array = context.make_array(array_type)(context, builder, array_value)
+    return builder.bitcast(array.data, ir.IntType(64).as_pointer())
+
+
+@intrinsic
+def _atomic_increment(typingctx, counter):
+    """counter[0] += 1 atomically (sequentially consistent); the new value."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+    sig = types.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        pointer = _counter_pointer(context, builder, signature.args[0], args[0])
+        one = ir.Constant(ir.IntType(64), 1)
+        old = builder.atomic_rmw("add", pointer, one, "seq_cst")
+        return builder.add(old, one)
+
+    return sig, codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, counter):
+    """counter[0], read atomically with acquire ordering."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+    sig = types.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        pointer = _counter_pointer(context, builder, signature.args[0], args[0])
+        return builder.load_atomic(pointer, "acquire", 8)
+
+    return sig, codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    """The CPU's spin-wait hint (x86 ``pause``; nothing elsewhere)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if _X86:
+            hint = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+            builder.call(hint, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _sched_yield(typingctx):
+    """POSIX ``sched_yield()``: give this core to another runnable thread."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+        builder.call(function, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _compare_and_swap(typingctx, flags, index):
+    """flags[index]: 0 -> 1 atomically (sequentially consistent); whether
+    this call made the change."""
+    if not (isinstance(flags, types.Array) and flags.dtype == types.int64):
+        return None
+    sig = types.boolean(flags, types.intp)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        pointer = builder.gep(array.data, [args[1]])
+        i64 = ir.IntType(64)
+        result = builder.cmpxchg(pointer, ir.Constant(i64, 0), ir.Constant(i64, 1),
+                                 "seq_cst", "seq_cst")
+        return builder.extract_value(result, 1)
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def claim(flags, index):
+    """Whether this thread takes piece ``index`` of the work: the first
+    caller for that index gets True, every other False. flags: (n,) int64,
+    zeros before the call's first claim."""
+    return _compare_and_swap(flags, index)
+
+
+@njit(cache=True, nogil=True)
+def finish(counter):
+    """Count one finished piece in ``counter[0]``, after this thread's
+    writes for it (the atomic add orders them before the count)."""
+    _atomic_increment(counter)
+
+
+@njit(cache=True, nogil=True)
+def wait_until(counter, target):
+    """Return once ``counter[0]`` has reached ``target`` (the pieces that
+    must be finished first); spins, then also yields the core at every
+    round after ``SPINS_BEFORE_YIELD``."""
+    spins = 0
+    while _atomic_load(counter) < target:
+        _pause()
+        spins += 1
+        if spins > SPINS_BEFORE_YIELD:
+            _sched_yield()
