@@ -141,6 +141,11 @@ def breakdown(shape: bm.Shape, repeats: int):
 
     total = _median_ms(lambda: backend.forward(inp.x, inp.w_ih, inp.w_hh, inp.b, inp.h0, inp.c0,
                                                None, None, False, False), repeats)
+    if products == "columns":
+        # Its parts run interleaved on threads that take pieces as they come
+        # (_kernels.forward_split): timed apart they would not add up.
+        return "columns (hidden units split)", threads, [
+            ("forward (backend, no tape)", total, shape.flops("forward") / total / 1e6)]
     if path == "blas":
         proj = _median_ms(lambda: _blas_projection(inp.x.reshape(T * B, I), inp.w_ih,
                                                    xw.reshape(T * B, 4 * H)), repeats)
