@@ -412,8 +412,9 @@ def forward_split(first, x, w_ih, w_hh, b, p, lengths, reverse, hbuf, c, y, gate
     4U, L)``, G = P * L: w_rows_ih (C, 4U, I), w_rows_hh (C, 4U, H): the
     rows of the four gates for its units; w_ih_p (C, P, I, L), w_hh_p
     (C, P, H, L) panels (each slice's aligned); b_p (C, G); p_p (C, 3U);
-    xw (C, T, B, G); acc (C, B, G); grow (C, G). A slice's scratch is only touched by the thread computing
-    one of its pieces, and two pieces of one slice never run at once.
+    xw (C, T, B, G); acc (C, B, G); grow (C, G). A slice's scratch is only
+    touched by the thread computing one of its pieces, and two pieces of one
+    slice never run at once.
     """
     T = x.shape[0]
     C = edges.shape[0] - 1
