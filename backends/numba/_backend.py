@@ -409,10 +409,9 @@ class NumbaBackend(Backend):
         """(threads, rows path?, row products or None) for one forward call
         (``tape``: one that keeps a tape; ``backward``: for one backward
         call, ``_backward_plan``); row products "columns": the column split
-        (``_forward_columns``); the
-        choices of ``threads_for``, ``choose_path`` and
-        ``choose_row_products``, then the rules below, remembered per shape
-        and setting (they cost ~8 us per call, 3% of a T200-B1-I32-H64
+        (``_forward_columns``); the choices of ``threads_for``,
+        ``choose_path`` and ``choose_row_products``, then the rules below,
+        remembered per shape and setting (they cost ~8 us per call, 3% of a T200-B1-I32-H64
         forward)."""
         key = (self.path, self.threads, self.row_products, numba.get_num_threads(),
                T, B, I, H, dtype, backward, tape)

@@ -44,39 +44,37 @@ def available() -> bool:
     return sys.platform.startswith("linux")
 
 
-def _counter_pointer(context, builder, array_type, array_value):
-    array = context.make_array(array_type)(context, builder, array_value)
-    return builder.bitcast(array.data, ir.IntType(64).as_pointer())
+def _counter_intrinsic(emit):
+    """An intrinsic ``f(counter) -> int64`` for a (k,) int64 array: the value
+    ``emit(builder, pointer)`` computes from a pointer to counter[0]."""
+
+    def typer(typingctx, counter):
+        if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+            return None
+
+        def codegen(context, builder, signature, args):
+            array = context.make_array(signature.args[0])(context, builder, args[0])
+            return emit(builder, builder.bitcast(array.data, ir.IntType(64).as_pointer()))
+
+        return types.int64(counter), codegen
+
+    typer.__name__ = emit.__name__
+    return intrinsic(typer)
 
 
-@intrinsic
-def _atomic_increment(typingctx, counter):
+def _increment(builder, pointer):
     """counter[0] += 1 atomically (sequentially consistent); the new value."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
-        return None
-    sig = types.int64(counter)
-
-    def codegen(context, builder, signature, args):
-        pointer = _counter_pointer(context, builder, signature.args[0], args[0])
-        one = ir.Constant(ir.IntType(64), 1)
-        old = builder.atomic_rmw("add", pointer, one, "seq_cst")
-        return builder.add(old, one)
-
-    return sig, codegen
+    one = ir.Constant(ir.IntType(64), 1)
+    return builder.add(builder.atomic_rmw("add", pointer, one, "seq_cst"), one)
 
 
-@intrinsic
-def _atomic_load(typingctx, counter):
+def _load(builder, pointer):
     """counter[0], read atomically with acquire ordering."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
-        return None
-    sig = types.int64(counter)
+    return builder.load_atomic(pointer, "acquire", 8)
 
-    def codegen(context, builder, signature, args):
-        pointer = _counter_pointer(context, builder, signature.args[0], args[0])
-        return builder.load_atomic(pointer, "acquire", 8)
 
-    return sig, codegen
+_atomic_increment = _counter_intrinsic(_increment)
+_atomic_load = _counter_intrinsic(_load)
 
 
 @intrinsic
