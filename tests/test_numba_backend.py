@@ -25,7 +25,7 @@ from polylstm_numpy import reference  # noqa: E402
 
 import polylstm_numba  # noqa: E402
 from polylstm_numba import (  # noqa: E402
-    _activations, _backend, _barrier, _blas_threads, _kernels, _packed)
+    _activations, _affinity, _backend, _barrier, _blas_threads, _kernels, _packed)
 
 # The PyPI scipy wheels bundle an OpenBLAS, whose thread count the backend
 # sets; without one the row blocks fall back to the hand-written product.
@@ -448,6 +448,68 @@ def test_barrier_claims_each_piece_once_and_counts_finished_pieces():
         _barrier.finish(counter)
     _barrier.wait_until(counter, 3)  # returns at once: 3 pieces finished
     assert counter[0] == 3
+
+
+TWO_CPUS = _affinity.available() and len(os.sched_getaffinity(0)) >= 2
+
+
+@pytest.mark.skipif(not TWO_CPUS, reason="needs Linux's sched_getcpu and two allowed CPUs")
+def test_workers_target_excludes_only_the_callers_cpu():
+    allowed = os.sched_getaffinity(0)
+    cpus = _affinity.target(2)
+    # Which CPU is left out is wherever the caller runs at that moment.
+    assert cpus < allowed and len(cpus) == len(allowed) - 1
+    # More threads than CPUs: the pool threads keep every CPU.
+    assert _affinity.target(len(allowed) + 1) == allowed
+
+
+@pytest.mark.skipif(not _affinity.available(), reason="sched_setaffinity is Linux only")
+def test_keep_off_restricts_only_its_own_thread_and_tolerates_bad_sets():
+    import threading
+
+    allowed = frozenset(os.sched_getaffinity(0))
+    one = frozenset({min(allowed)})
+    seen = {}
+
+    def in_thread():
+        _affinity.keep_off(None)  # no-op
+        seen["none"] = os.sched_getaffinity(0)
+        _affinity.keep_off(frozenset({10 ** 6}))  # no such CPU: ignored, not raised
+        seen["bad"] = os.sched_getaffinity(0)
+        _affinity.keep_off(one)
+        seen["one"] = os.sched_getaffinity(0)
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    assert seen == {"none": allowed, "bad": allowed, "one": one}
+    assert os.sched_getaffinity(0) == allowed  # the caller's own set untouched
+
+
+@pytest.mark.skipif(not TWO_CPUS, reason="needs Linux's sched_getcpu and two allowed CPUs")
+def test_pool_threads_run_on_the_callers_target(monkeypatch):
+    import threading
+
+    allowed = frozenset(os.sched_getaffinity(0))
+    off_first = allowed - {min(allowed)}
+    barrier = threading.Barrier(2, timeout=30)
+
+    def task(record):
+        record.append((threading.get_ident(), frozenset(os.sched_getaffinity(0))))
+        barrier.wait()  # both threads hold a task: the pool's thread ran one
+
+    def run_with(cpus):
+        monkeypatch.setattr(_affinity, "target", lambda nthreads: cpus)
+        record = []
+        _backend._run_tasks([lambda: task(record)] * 2, 2, blas=False)
+        return dict(record)
+
+    try:
+        got = run_with(off_first)
+        pool_thread = [ident for ident in got if ident != threading.get_ident()]
+        assert got[threading.get_ident()] == allowed and got[pool_thread[0]] == off_first
+    finally:
+        run_with(allowed)  # later tests get the pool thread unrestricted
 
 
 def test_small_calls_stay_on_one_thread():

@@ -25,7 +25,7 @@ import numpy as np
 
 from polylstm.backend import Backend, ForwardOutput, Gradients
 
-from . import _barrier, _blas_threads, _kernels, _packed
+from . import _affinity, _barrier, _blas_threads, _kernels, _packed
 
 #: Row blocks calling single-threaded BLAS beat one multi-threaded BLAS call
 #: per step up to this hidden size; above it every block streams a recurrent
@@ -208,6 +208,8 @@ def _run_tasks(tasks, nthreads, blas=True):
     3.8 or 7.5 ms depending on the neighbours. Idle workers block on a queue,
     so they never spin. While tasks that call BLAS run, scipy's BLAS is
     single-threaded (``_blas_threads``): the threads are the parallelism.
+    The pool's threads keep off this thread's CPU (``_affinity``: after an
+    idle spell a VM's scheduler otherwise stacks them on it).
     ``blas``: whether the tasks call BLAS; when they do not, the BLAS
     setting is left alone (setting and restoring it costs ~2 us, 1% of a
     T200-B1-I32-H64 forward)."""
@@ -225,6 +227,7 @@ def _run_tasks(tasks, nthreads, blas=True):
             pool = _POOL
         # next() on an itertools.count is atomic under the GIL: each task once.
         counter = itertools.count()
+        workers_cpus = _affinity.target(nthreads)
 
         def worker():
             for k in iter(counter.__next__, None):
@@ -232,7 +235,11 @@ def _run_tasks(tasks, nthreads, blas=True):
                     return
                 tasks[k]()
 
-        futures = [pool.submit(worker) for _ in range(nthreads - 1)]
+        def pool_worker():
+            _affinity.keep_off(workers_cpus)
+            worker()
+
+        futures = [pool.submit(pool_worker) for _ in range(nthreads - 1)]
         worker()
         for future in futures:
             future.result()
