@@ -422,6 +422,16 @@ def test_small_batches_without_tape_split_columns(monkeypatch):
 
 
 @pytest.mark.skipif(not _barrier.available(), reason="the column split's barrier is Linux only")
+@pytest.mark.parametrize("dtype,H", [("float32", 33), ("float64", 17)])
+def test_column_split_packs_whole_panel_and_ragged_slices_alike(dtype, H):
+    # Two slices of 16 and 17 (float32; 8 and 9 float64) units: the first
+    # fills whole panels and is packed straight from the weights, the second
+    # goes through the gathered rows. Both against the reference.
+    case = Case(T=4, B=2, I=3, H=H, lengths=True, peephole=True)
+    test_strategy_matches_reference(case, "columns", 2, None, dtype)
+
+
+@pytest.mark.skipif(not _barrier.available(), reason="the column split's barrier is Linux only")
 @pytest.mark.parametrize("threads", [2, 3])
 def test_column_split_finishes_when_one_thread_does_every_piece(monkeypatch, threads):
     # Threads claim the pieces as they come: a thread that starts after the

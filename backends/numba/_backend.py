@@ -644,11 +644,13 @@ def _forward_columns(x, w_ih, w_hh, b, p, lengths, reverse, h, c, y, gates, ctap
     # Every buffer is allocated here, none in the kernels (a thread failing
     # inside a piece it had claimed would leave the others waiting). A
     # slice's panels, P * K * L values, are a whole number of 64-byte lines
-    # (L values are 64 bytes), so every slice starts aligned.
+    # (L values are 64 bytes), so every slice starts aligned. Only slices
+    # whose units do not fill whole panels gather their gates' rows first.
+    gathered = 4 * U if np.any(np.diff(edges) % L) else 0
     args = (x, np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh), np.ascontiguousarray(b),
             p, lengths, reverse, hbuf, c, y, gates, ctape,
             np.zeros(slices * (T + 1), np.int64), np.zeros(8, np.int64), edges,
-            np.empty((slices, 4 * U, I), dtype), np.empty((slices, 4 * U, H), dtype),
+            np.empty((slices, gathered, I), dtype), np.empty((slices, gathered, H), dtype),
             _packed.new_panels(slices * P, I, L, x).reshape(slices, P, I, L),
             _packed.new_panels(slices * P, H, L, x).reshape(slices, P, H, L),
             np.empty((slices, G), dtype), np.empty((slices, 3 * U), dtype),
