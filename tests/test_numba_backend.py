@@ -401,16 +401,16 @@ def test_small_batches_without_tape_split_columns(monkeypatch):
     auto = _backend.NumbaBackend()
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
     columns = (2, True, "columns")
-    # Fewer than 2 rows per thread from H = 192, float32 and float64.
+    # At most 2 rows per thread from H = 192, float32 and float64.
     for T, B, I, H, dtype in ((100, 1, 192, 192, f32), (100, 1, 256, 256, f32),
                               (100, 2, 256, 256, f32), (100, 3, 512, 512, f64),
-                              (50, 1, 1024, 1024, f32)):
+                              (50, 1, 1024, 1024, f32), (100, 4, 256, 256, f32)):
         assert auto._plan(T, B, I, H, dtype) == columns, (T, B, H)
         assert auto._plan(T, B, I, H, dtype, tape=True) != columns  # training: rows or BLAS
         assert auto._backward_plan(T, B, I, H, dtype) != columns
-    # Two rows per thread or more, H < 192, a call too small for two threads
-    # or too short to pack, or settings that choose: something else.
-    for T, B, I, H in ((100, 4, 256, 256), (100, 2, 128, 128), (100, 1, 160, 160),
+    # More than two rows per thread, H < 192, a call too small for two
+    # threads or too short to pack, or settings that choose: something else.
+    for T, B, I, H in ((100, 5, 256, 256), (100, 2, 128, 128), (100, 1, 160, 160),
                        (8, 1, 512, 512), (2, 2, 256, 256), (1, 1, 1024, 1024)):
         assert auto._plan(T, B, I, H, f32)[2] != "columns", (T, B, H)
     for settings in ({"path": "rows"}, {"row_products": "packed"}):

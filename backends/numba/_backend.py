@@ -124,9 +124,9 @@ FEW_ROWS_LARGE_MIN_WEIGHTS = 1 << 21
 FEW_ROWS_LARGE_MAX_STEP_ROWS = 8
 
 
-#: The forward without a tape of batches of fewer than two rows per thread
-#: (where the row blocks get a thread per 2 rows and leave threads idle)
-#: from COLUMNS_MIN_H hidden units on splits the hidden units, not the
+#: The forward without a tape of batches of at most two rows per thread
+#: (where the row blocks get a thread per 2 rows, leaving threads idle
+#: below that) from COLUMNS_MIN_H hidden units on splits the hidden units, not the
 #: rows, between the threads (``_forward_columns``): each thread multiplies
 #: all rows by its slice of the recurrent weight, so on two threads it
 #: streams half of it at every step, from L2 where the whole one would not
@@ -135,10 +135,12 @@ FEW_ROWS_LARGE_MAX_STEP_ROWS = 8
 #: interleaved in one process; 2026-11-29): B=1 H=192
 #: 0.78, H=256 0.58-0.65, H=512 0.60, H=1024 0.70; B=2 H=192 0.63, H=256
 #: 0.55-0.68, H=512 0.58-0.69; B=3 H=256 0.60; B=4 H=192 0.82-0.97, H=256
-#: 0.78-0.83, H=512 0.78 (but 1.07 at H=256 timed after a 0.3 s pause, as
-#: the report does; the row blocks already run 2 + 2 rows there); B=6 H=192
-#: 1.02, H=256 0.96; and at H=128 B=1 0.89-1.25, B=2 0.74-1.16, B=4 1.00,
-#: B=8 and B=16 1.09-1.27. Not with a tape: the training step's backward ends with
+#: 0.78-0.83, H=512 0.78; B=6 H=192 1.02, H=256 0.96; and at H=128 B=1
+#: 0.89-1.25, B=2 0.74-1.16, B=4 1.00, B=8 and B=16 1.09-1.27. Timed as
+#: the report does (0.3 s pause, 0.1 s warm-up), since the slices are
+#: packed straight from the weights: B=4 H=192 0.93, H=256 0.88-0.94, H=320
+#: 0.97, H=512 0.86, T50-B4-H1024 0.68, T20-B4-H256 0.73; B=5 H=256 0.93 but
+#: H=512 1.03; B=6 H=256 1.01; B=8 H=512 1.03. Not with a tape: the training step's backward ends with
 #: multi-threaded BLAS products whose pool spins for ~0.1 s into the next
 #: forward, and threads that meet at every step lose to it (forward +
 #: backward 1.07-1.8x the row blocks'). After ~10 ms idle (the second
@@ -471,7 +473,7 @@ class NumbaBackend(Backend):
                 or H < COLUMNS_MIN_H):
             return 0
         nthreads = min(nthreads, H // COLUMNS_MIN_UNITS)
-        if nthreads < 2 or B >= 2 * nthreads:
+        if nthreads < 2 or B > 2 * nthreads:
             return 0
         return 0 if _too_short_to_pack(T, B, I, H, nthreads, "packed") else nthreads
 
