@@ -634,7 +634,11 @@ def test_a_forked_child_runs_two_thread_calls(products):
         done.returncode, done.stderr)
 
 
-def test_row_threads_leave_no_blas_pool_running():
+# Products large enough for OpenBLAS to use its threads when allowed: row
+# blocks of 8 rows on BLAS, and of 2 rows on the packed product, whose
+# gradient products follow a loop on two threads.
+@pytest.mark.parametrize("B,H,products", [(16, 128, "blas"), (4, 256, "packed")])
+def test_row_threads_leave_no_blas_pool_running(B, H, products):
     # The rows path must not wake scipy's OpenBLAS pool: its workers would spin
     # for ~0.1 s after the call. Process CPU time right after a rows-path
     # forward+backward, over an idle 50 ms, stays near zero.
@@ -642,10 +646,9 @@ def test_row_threads_leave_no_blas_pool_running():
 
     if not _blas_threads.available():
         pytest.skip("scipy's BLAS is not an OpenBLAS")
-    # Products large enough for OpenBLAS to use its threads when allowed.
-    case = Case(T=100, B=16, I=128, H=128)
+    case = Case(T=100, B=B, I=H, H=H)
     inputs = make_inputs(case, "float32")
-    backend = _backend.NumbaBackend("rows", 2, "blas")
+    backend = _backend.NumbaBackend("rows", 2, products)
     _run(backend, inputs, case)  # compile
     time.sleep(0.3)  # let any pool from earlier tests go back to sleep
     _run(backend, inputs, case)

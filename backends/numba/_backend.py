@@ -578,15 +578,21 @@ class NumbaBackend(Backend):
         packed = rows and products == "packed"
         tmp = np.empty((B, _packed.padded(H, _packed.PANEL_OF[dtype]) if packed else H), dtype)
         # Split the gradient products over our threads after a loop that ran
-        # on single-threaded BLAS or full packed blocks; after one of blocks
-        # of 1-3 rows (hand-written or packed products), one multi-threaded
-        # BLAS call each is faster. Forward+backward, multi-threaded / split,
-        # in separate processes (2026-11-29): T200-B1-I32-H64 0.55-0.67 /
-        # 0.94-0.95 ms, T100-B2-I128-H128 2.0-2.2 / 3.6-3.7, T50-B2-I512-H512
-        # 14-19 / 21-24, T100-B1-I256-H256 4.7-5.3 / 6.4-6.9; but
-        # T100-B4-I256-H256 14.5-16.2 / 13.5-13.9 (OpenBLAS's pool, spinning
-        # after the products, slows the next forward's two threads).
-        row_blas = products == "blas" or _whole_packed_blocks(products, B, nthreads)
+        # on several of them, or on single-threaded BLAS or full packed
+        # blocks; after a loop on one thread (blocks of 1-3 rows, a batch of
+        # 1-2), one multi-threaded BLAS call each is faster, as the split
+        # would get one thread too. Forward+backward, multi-threaded / split
+        # over the loop's one thread, in separate processes (2026-11-29):
+        # T200-B1-I32-H64 0.55-0.67 / 0.94-0.95 ms, T100-B2-I128-H128 2.0-2.2
+        # / 3.6-3.7, T50-B2-I512-H512 14-19 / 21-24, T100-B1-I256-H256
+        # 4.7-5.3 / 6.4-6.9. After a loop on two threads of 1-3-row blocks
+        # the split wins, as OpenBLAS's pool, spinning after the products,
+        # slows the next forward's two threads: split / multi-threaded,
+        # forward+backward alternating like the report, separate processes
+        # (12:27 UTC): T100 B4-H256 0.73-0.78, B4-H512 0.63-0.70, B6-H256
+        # 0.71-0.84, B6-H512 0.71-0.77; B2, B3 and B8 0.96-1.08.
+        row_blas = (products == "blas" or nthreads > 1
+                    or _whole_packed_blocks(products, B, nthreads))
         if rows:
             blocks = _row_blocks(B, nthreads, products == "packed")
             dp = np.zeros((len(blocks), 3, H), dtype)
