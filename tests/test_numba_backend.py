@@ -371,26 +371,36 @@ def test_small_packed_batches_get_a_thread_per_two_rows(monkeypatch):
     auto = _backend.NumbaBackend()
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
 
-    def train(*shape):  # the plan of a forward that keeps a tape
-        return auto._plan(*shape, tape=True)
+    def train(T, B, I, H, dtype, backward=False):
+        # The plan of a forward that keeps a tape (or of a backward) where
+        # the column split does not take it (H >= 256 on Linux: see
+        # test_small_batches_without_tape_split_columns).
+        return auto._rows_or_blas_plan(T, B, I, H, dtype, backward, auto.threads_for(T, B, I, H))
 
     assert train(100, 2, 256, 256, f32) == (1, True, "packed")  # both rows on one thread
     assert train(100, 3, 512, 512, f64) == (1, True, "packed")
     assert train(100, 4, 256, 256, f32) == (2, True, "packed")  # 2 + 2 rows
     assert train(100, 6, 128, 128, f32) == auto._plan(100, 6, 128, 128, f32) == (2, True, "packed")
+    assert auto._plan(100, 4, 192, 192, f32, tape=True) == (2, True, "packed")
     # One row: the rows path for a small or a large recurrent weight, the
     # BLAS path's two threads between them.
-    assert train(200, 1, 32, 64, f32) == (1, True, "packed")
-    assert train(100, 1, 192, 192, f32) == (2, False, None)
+    assert train(200, 1, 32, 64, f32) == auto._plan(200, 1, 32, 64, f32, tape=True) == (
+        1, True, "packed")
+    assert train(100, 1, 192, 192, f32) == auto._plan(100, 1, 192, 192, f32, tape=True) == (
+        2, False, None)
     assert train(100, 1, 256, 256, f32) == (1, True, "packed")
-    # An explicit thread count is kept.
-    assert _backend.NumbaBackend(threads=2)._plan(100, 2, 256, 256, f32, tape=True) == (
-        2, True, "packed")
+    # An explicit thread count is kept (the row blocks', or the split's).
+    explicit = _backend.NumbaBackend(threads=2)
+    assert explicit._rows_or_blas_plan(100, 2, 256, 256, f32, False, 2) == (2, True, "packed")
+    assert explicit._plan(100, 2, 256, 256, f32, tape=True)[0] == 2
     # The backward of one row with a weight beyond L2 takes the BLAS path;
-    # of two rows, or at H = 256, the training forward's plan.
-    assert auto._backward_plan(50, 1, 512, 512, f32)[1:] == (False, None)
-    assert auto._backward_plan(100, 1, 256, 256, f32) == train(100, 1, 256, 256, f32)
-    assert auto._backward_plan(50, 2, 512, 512, f32) == (1, True, "packed")
+    # of two rows, or at H = 256, the training forward's plan; a training
+    # step's two plans agree.
+    assert train(50, 1, 512, 512, f32, backward=True)[1:] == (False, None)
+    assert train(100, 1, 256, 256, f32, backward=True) == train(100, 1, 256, 256, f32)
+    assert train(50, 2, 512, 512, f32, backward=True) == (1, True, "packed")
+    for shape in ((100, 1, 256, 256), (100, 4, 192, 192), (50, 2, 512, 512), (200, 1, 32, 64)):
+        assert auto._backward_plan(*shape, f32) == auto._plan(*shape, f32, tape=True), shape
     forced = _backend.NumbaBackend(path="rows")
     assert forced._backward_plan(50, 1, 512, 512, f32) == forced._plan(50, 1, 512, 512, f32)
 
@@ -401,13 +411,17 @@ def test_small_batches_without_tape_split_columns(monkeypatch):
     auto = _backend.NumbaBackend()
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
     columns = (2, True, "columns")
-    # At most 2 rows per thread from H = 192, float32 and float64.
+    # At most 2 rows per thread from H = 192, float32 and float64; a
+    # training step (forward with a tape, backward) from H = 256, both
+    # directions or neither.
     for T, B, I, H, dtype in ((100, 1, 192, 192, f32), (100, 1, 256, 256, f32),
                               (100, 2, 256, 256, f32), (100, 3, 512, 512, f64),
-                              (50, 1, 1024, 1024, f32), (100, 4, 256, 256, f32)):
+                              (50, 1, 1024, 1024, f32), (100, 4, 256, 256, f32),
+                              (100, 4, 192, 192, f32)):
         assert auto._plan(T, B, I, H, dtype) == columns, (T, B, H)
-        assert auto._plan(T, B, I, H, dtype, tape=True) != columns  # training: rows or BLAS
-        assert auto._backward_plan(T, B, I, H, dtype) != columns
+        training = H >= 256
+        assert (auto._plan(T, B, I, H, dtype, tape=True) == columns) == training, (T, B, H)
+        assert (auto._backward_plan(T, B, I, H, dtype) == columns) == training, (T, B, H)
     # More than two rows per thread, H < 192, a call too small for two
     # threads or too short to pack, or settings that choose: something else.
     for T, B, I, H in ((100, 5, 256, 256), (100, 2, 128, 128), (100, 1, 160, 160),

@@ -124,9 +124,10 @@ FEW_ROWS_LARGE_MIN_WEIGHTS = 1 << 21
 FEW_ROWS_LARGE_MAX_STEP_ROWS = 8
 
 
-#: The forward without a tape of batches of at most two rows per thread
-#: (where the row blocks get a thread per 2 rows, leaving threads idle
-#: below that) from COLUMNS_MIN_H hidden units on splits the hidden units, not the
+#: The forward without a tape (with one, see COLUMNS_TRAINING_MIN_H) of
+#: batches of at most two rows per thread (where the row blocks get a
+#: thread per 2 rows, leaving threads idle below that) from COLUMNS_MIN_H
+#: hidden units on splits the hidden units, not the
 #: rows, between the threads (``_forward_columns``): each thread multiplies
 #: all rows by its slice of the recurrent weight, so on two threads it
 #: streams half of it at every step, from L2 where the whole one would not
@@ -140,10 +141,11 @@ FEW_ROWS_LARGE_MAX_STEP_ROWS = 8
 #: the report does (0.3 s pause, 0.1 s warm-up), since the slices are
 #: packed straight from the weights: B=4 H=192 0.93, H=256 0.88-0.94, H=320
 #: 0.97, H=512 0.86, T50-B4-H1024 0.68, T20-B4-H256 0.73; B=5 H=256 0.93 but
-#: H=512 1.03; B=6 H=256 1.01; B=8 H=512 1.03. Not with a tape: the training step's backward ends with
-#: multi-threaded BLAS products whose pool spins for ~0.1 s into the next
-#: forward, and threads that meet at every step lose to it (forward +
-#: backward 1.07-1.8x the row blocks'). After ~10 ms idle (the second
+#: H=512 1.03; B=6 H=256 1.01; B=8 H=512 1.03. With a tape only where the
+#: backward splits too (COLUMNS_TRAINING_MIN_H): a backward on row blocks
+#: of 1-2 rows ends with multi-threaded BLAS products whose pool spins for
+#: ~0.1 s into the next forward, and threads that meet at every step lose
+#: to it (forward + backward 1.07-1.8x the row blocks'). After ~10 ms idle (the second
 #: vCPU asleep) a call gets little from its second thread: B=1 H=256
 #: 2.33-2.43 ms against 2.14-2.20 on the row blocks' one thread.
 COLUMNS_MIN_H = 192
@@ -152,6 +154,17 @@ COLUMNS_MIN_H = 192
 #: each thread's step is then a (B, H) x (H, 4 * 64) product, ~1 us, against
 #: a barrier of ~0.1 us per thread).
 COLUMNS_MIN_UNITS = 64
+
+#: A training step (the forward with a tape, then the backward, whose loop
+#: splits the same way: ``_kernels.backward_split``) splits the hidden units
+#: from this size on, by the same rule otherwise. Forward+backward
+#: alternating as in a training loop, each version in its own process,
+#: split / row blocks (2026-11-29, 12:30-12:37 UTC): B=1 H=256 0.69-0.83,
+#: H=512 0.72-0.98, H=1024 0.83; B=2 H=256 0.74-0.92, H=512 0.74-0.98,
+#: T50-B2-H512 0.70-0.88; B=3 H=256 0.77-0.93; B=4 H=256 0.67-0.86, H=512
+#: 0.90-1.02; but B=4 H=192 1.17-1.72 and B=2 H=192 0.97-1.41 (two slices
+#: of 96 units: too little work per step for the backward's two meetings).
+COLUMNS_TRAINING_MIN_H = 256
 
 
 #: Below this many multiply-adds per forward call (T*B*4H*(I+H)), one thread
@@ -458,19 +471,22 @@ class NumbaBackend(Backend):
         return (nthreads, rows, products)
 
     def _column_threads(self, T, B, I, H, nthreads, dtype, backward, tape):
-        """Threads of a column-split forward (``_forward_columns``) for this
-        call, or 0 where it takes another strategy: with ``path="columns"``
-        always (at most one thread per hidden unit); with ``"auto"`` and no
-        ``row_products`` by ``COLUMNS_*``, for calls without a tape (see
-        ``COLUMNS_MIN_H``) large enough for two threads and not too short to
-        pack. The backward never splits columns (its plan is what
-        ``"auto"`` would choose)."""
-        if backward or not _barrier.available() or not _packed.packable(dtype, H, 1):
+        """Threads of a column-split forward (``_forward_columns``) or
+        backward (``_backward_columns``) for this call, or 0 where it takes
+        another strategy: with ``path="columns"`` always (at most one thread
+        per hidden unit); with ``"auto"`` and no ``row_products`` by
+        ``COLUMNS_*``, for calls large enough for two threads and not too
+        short to pack. The same rule for a forward with or without a tape
+        and for a backward, but from ``COLUMNS_TRAINING_MIN_H`` hidden units
+        with a tape or for a backward, so that a training step splits both
+        directions or neither (the backward's gradient products then run
+        on our threads too)."""
+        if not _barrier.available() or not _packed.packable(dtype, H, 1):
             return 0
         if self.path == "columns":
             return max(1, min(nthreads, H))
-        if (self.path != "auto" or self.row_products is not None or tape
-                or H < COLUMNS_MIN_H):
+        min_h = COLUMNS_TRAINING_MIN_H if tape or backward else COLUMNS_MIN_H
+        if self.path != "auto" or self.row_products is not None or H < min_h:
             return 0
         nthreads = min(nthreads, H // COLUMNS_MIN_UNITS)
         if nthreads < 2 or B > 2 * nthreads:
@@ -591,9 +607,12 @@ class NumbaBackend(Backend):
         # forward+backward alternating like the report, separate processes
         # (12:27 UTC): T100 B4-H256 0.73-0.78, B4-H512 0.63-0.70, B6-H256
         # 0.71-0.84, B6-H512 0.71-0.77; B2, B3 and B8 0.96-1.08.
-        row_blas = (products == "blas" or nthreads > 1
+        row_blas = (products in ("blas", "columns") or nthreads > 1
                     or _whole_packed_blocks(products, B, nthreads))
-        if rows:
+        if products == "columns":
+            dp = np.zeros((1, 3, H), dtype)
+            _backward_columns(tape, dy, p, lengths, reverse, dh, dc, da, hprev, dp, nthreads)
+        elif rows:
             blocks = _row_blocks(B, nthreads, products == "packed")
             dp = np.zeros((len(blocks), 3, H), dtype)
             w_hh = np.ascontiguousarray(tape.w_hh)
@@ -667,6 +686,28 @@ def _forward_columns(x, w_ih, w_hh, b, p, lengths, reverse, h, c, y, gates, ctap
     _run_tasks([functools.partial(_kernels.forward_split, first, *args)
                 for first in range(slices)], nthreads, blas=False)
     h[...] = hbuf[T % 2]
+
+
+def _backward_columns(tape, dy, p, lengths, reverse, dh, dc, da, hprev, dp, nthreads):
+    """The backward loop with the hidden units split into ``nthreads``
+    column slices (``_kernels.backward_split``), for a tape of any forward.
+    dy: (T, B, H)   p: (3, H)   lengths: (B,)   dh, dc: (B, H), dh_n and
+    dc_n in, dh0 and dc0 out   da: (T, B, 4H), hprev: (T, B, H) out
+    dp: (1, 3, H) zeros, the peephole gradient out."""
+    T, B, I, H = tape.shape
+    dtype = tape.x.dtype
+    L = _packed.PANEL_OF[dtype]
+    slices = nthreads
+    edges = np.array([H * k // slices for k in range(slices + 1)], np.int64)
+    P = _packed.panels(int(np.diff(edges).max()), L)
+    # Every buffer is allocated here (see _forward_columns).
+    args = (dy, np.ascontiguousarray(tape.w_hh), p, lengths, reverse, tape.h0, tape.c0, tape.y,
+            tape.gates, tape.c, dh, dc, da, hprev, dp,
+            np.zeros(slices * (2 * T + 1), np.int64), np.zeros(8, np.int64), edges,
+            _packed.new_panels(slices * P, 4 * H, L, dy).reshape(slices, P, 4 * H, L),
+            np.empty((slices, B, P * L), dtype))
+    _run_tasks([functools.partial(_kernels.backward_split, first, *args)
+                for first in range(slices)], nthreads, blas=False)
 
 
 def _pack(w, width=None):

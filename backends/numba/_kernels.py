@@ -524,18 +524,20 @@ def forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape,
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _cell_backward_row(dhr, dcr, dyr, gr, ctr, cpr, p, dar, dp):
-    """One sequence, one step of BPTT through the cell, over the hidden units.
+def _cell_backward_row(dhr, dcr, dyr, gr, ctr, cpr, p, dar, dp, u0, u1):
+    """One sequence, one step of BPTT through the cell, over hidden units
+    u0..u1-1 (all of them, 0..H, but for a column slice).
 
     dhr, dcr: (H,) gradient reaching h_t, c_t from later steps; dcr is
     replaced by the gradient for c_{t-1}.   dyr: (H,) dy_t.
     gr: (4H,) gates i f g o.   ctr: (H,) c_t.   cpr: (H,) c_{t-1}.
     p: (3, H) peepholes (zeros when none).   dar: (4H,) da_t out.
-    dp: (3, H) peephole gradient, accumulated.
+    dp: (3, H) peephole gradient, accumulated. Only units u0..u1-1 are
+    read or written.
     """
     H = dhr.shape[0]
     one = one_like(dhr[0])
-    for j in range(H):
+    for j in range(u0, u1):
         ig = gr[j]
         fg = gr[H + j]
         gg = gr[2 * H + j]
@@ -592,7 +594,7 @@ def _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, 
                     hpr = y[tp, r]
                 hprev[t, r] = hpr
                 _cell_backward_row(dh[r], dc[r], dy[t, r], gates[t, r], ctape[t, r], cpr,
-                                   p, da[t, r], dp[blk])
+                                   p, da[t, r], dp[blk], 0, H)
         multiply(da[t, r0:r1], w_hh, w_hh_p, tmp[r0:r1], product, s % 2 == 1)
         for r in range(r0, r1):
             if t < lengths[r]:
@@ -610,6 +612,81 @@ def backward_rows(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, y,
     """
     _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0,
                     y, gates, ctape, dh, dc, da, hprev, dp, tmp, product)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def backward_split(first, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape, dh, dc, da,
+                   hprev, dp, flags, finished, edges, w_hh_p, tmp):
+    """BPTT with the hidden units split into column slices, run by several
+    threads at once, each calling this (GIL released): the backward of
+    ``forward_split``, which each thread streams only its slice of w_hh in.
+
+    The work is pieces (q, j) for slice j (units edges[j]..edges[j+1]-1):
+    q = 0 packs its columns of w_hh; backward step s (t = T-1-s, or s when
+    ``reverse``) has two, q = 2s+1, the cell's backward for the slice's units
+    of every row (their columns of da_t, dc, dp, hprev), and q = 2s+2, the
+    slice's units of dh_{t-1} = da_t @ w_hh, which reads all of da_t, so all
+    slices' pieces 2s+1. Claimed and waited for as in ``forward_split``: a
+    thread claims its own slice first and starts a piece once every piece
+    of q - 1 has finished.
+
+    dy: (T, B, H)   w_hh: (4H, H)   p: (3, H)   lengths: (B,)
+    h0, c0: (B, H)   y, ctape: (T, B, H), gates: (T, B, 4H) from the tape
+    dh, dc: (B, H), dh_n and dc_n in, dh0 and dc0 out   da: (T, B, 4H) and
+    hprev: (T, B, H) out, as ``_backward_steps``   dp: (1, 3, H) zeros
+    (slices write disjoint units)   flags: (C * (2T + 1),) int64 zeros
+    finished: (k,) int64 zeros   edges: (C + 1,) int64. Per slice, with U
+    the largest slice's units and P = ``_packed.panels(U, L)``: w_hh_p
+    (C, P, 4H, L) and tmp (C, B, P * L), scratch.
+    """
+    T = dy.shape[0]
+    C = edges.shape[0] - 1
+    for q in range(2 * T + 1):
+        for i in range(C):
+            j = (first + i) % C
+            if not _barrier.claim(flags, q * C + j):
+                continue
+            _barrier.wait_until(finished, q * C)
+            _backward_piece(q, j, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape, dh,
+                            dc, da, hprev, dp, edges, w_hh_p, tmp)
+            _barrier.finish(finished)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _backward_piece(q, j, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape, dh, dc, da,
+                    hprev, dp, edges, w_hh_p, tmp):
+    """Piece (q, j) of ``backward_split`` (arguments as there)."""
+    T, B, H = dy.shape
+    u0 = edges[j]
+    u1 = edges[j + 1]
+    wp = w_hh_p[j]
+    if q == 0:
+        used = (u1 - u0 + wp.shape[2] - 1) // wp.shape[2]
+        _packed.pack(w_hh[:, u0:u1], wp[:used])
+        wp[used:] = 0  # a smaller slice's extra panels: computed, never read
+        return
+    s = (q - 1) // 2
+    t = s if reverse else T - 1 - s
+    if q % 2 == 1:
+        for r in range(B):
+            if t < lengths[r]:
+                tp = t + 1 if reverse else t - 1
+                first = tp >= lengths[r] if reverse else tp < 0
+                if first:
+                    cpr = c0[r]
+                    hpr = h0[r]
+                else:
+                    cpr = ctape[tp, r]
+                    hpr = y[tp, r]
+                hprev[t, r, u0:u1] = hpr[u0:u1]
+                _cell_backward_row(dh[r], dc[r], dy[t, r], gates[t, r], ctape[t, r], cpr, p,
+                                   da[t, r], dp[0], u0, u1)
+        return
+    out = tmp[j]
+    multiply(da[t], w_hh, wp, out, PACKED, s % 2 == 1)
+    for r in range(B):
+        if t < lengths[r]:
+            dh[r, u0:u1] = out[r, :u1 - u0]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
