@@ -32,8 +32,8 @@ from polylstm_numba import (  # noqa: E402
 ROW_BLAS = ["blas"] if _blas_threads.available() else []
 # (path, threads, row_products): rows with 1, 2 and 3 blocks; BLAS.
 PACKED = ["packed"] if _blas_threads.available() else []
-# The column split (forward only; its backward is the automatic choice) on
-# 1, 2 and 3 slices: with H = 4..9, slices of 1-5 units, unequal ones.
+# The column split (forward and backward) on 1, 2 and 3 slices: with
+# H = 4..9, slices of 1-5 units, unequal ones.
 COLUMNS = [("columns", n, None) for n in (1, 2, 3)] if _barrier.available() else []
 STRATEGIES = ([("rows", 1, kind) for kind in ROW_BLAS + PACKED + ["hand"]]
               + [("rows", n, kind) for n in (2, 3) for kind in ROW_BLAS + PACKED + ["hand"]]

@@ -333,8 +333,9 @@ class NumbaBackend(Backend):
 
     path: ``"auto"`` (choose per call), ``"rows"`` or ``"blas"`` (force one
     recurrence strategy; used by the tests to check each on any shape), or
-    ``"columns"`` (every forward split by hidden units, ``_forward_columns``,
-    with ``threads`` threads; the backward as ``"auto"`` chooses; Linux).
+    ``"columns"`` (every forward and backward split by hidden units,
+    ``_forward_columns`` and ``_backward_columns``, with ``threads``
+    threads; Linux).
     threads: threads of the rows path and the column split; None uses ``numba.get_num_threads()``
     (the CPUs, or ``NUMBA_NUM_THREADS``), but one thread for calls below
     ``PARALLEL_MIN_MACS`` and at most one per 2 rows for packed blocks of
@@ -409,8 +410,7 @@ class NumbaBackend(Backend):
 
     def choose_path(self, B, H, nthreads=None, dtype=None):
         """'rows' or 'blas' for a batch of B rows and hidden size H (with
-        ``path="columns"``, for the calls it leaves to the other strategies:
-        the backward)."""
+        ``path="columns"``, what the other strategies would take)."""
         if self.path in ("rows", "blas"):
             return self.path
         nthreads = nthreads or self._threads()

@@ -27,12 +27,13 @@ Three ways to run the recurrence, chosen by the caller per call:
   (see ``_backend``), not numba's ``parallel=True``: its OpenMP layer
   spin-waits, which on a 2-core machine shared with other work made one
   call 16x slower.
-* **columns** (``forward_split``, the forward only): the hidden units are
+* **columns** (``forward_split``, ``backward_split``): the hidden units are
   cut into slices, one per thread; a thread multiplies every row by its
   slice of the weights, so it streams only that slice at every step, and
-  the threads exchange h through a shared buffer, claiming each step's
-  pieces and waiting for the step before with atomics (``_barrier``). For
-  batches too small to give every thread rows of its own.
+  the threads exchange h (the backward: da_t) through shared buffers,
+  claiming each step's pieces and waiting for the step before with atomics
+  (``_barrier``). For batches too small to give every thread rows of its
+  own.
 * **blas** (``*_blas``): one thread walks time; the per-step product is one
   BLAS GEMM over the whole batch (``np.dot`` with ``out``, so no allocation),
   using BLAS's own threads. For one row at hidden sizes where BLAS's two
