@@ -436,6 +436,19 @@ def test_small_batches_without_tape_split_columns(monkeypatch):
 
 
 @pytest.mark.skipif(not _barrier.available(), reason="the column split's barrier is Linux only")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_automatic_column_split_of_a_training_step_matches_reference(monkeypatch, dtype):
+    # The sizes the automatic rule splits (two slices of 128 units, packed
+    # straight from the weights), both directions, against the reference.
+    monkeypatch.setattr(_backend.numba, "get_num_threads", lambda: 2)
+    case = Case(T=20, B=3, I=40, H=256, lengths=True, reverse=True, peephole=True)
+    auto = _backend.NumbaBackend()
+    shape = (case.T, case.B, case.I, case.H, np.dtype(dtype))
+    assert auto._plan(*shape, tape=True) == auto._backward_plan(*shape) == (2, True, "columns")
+    test_strategy_matches_reference(case, "auto", None, None, dtype)
+
+
+@pytest.mark.skipif(not _barrier.available(), reason="the column split's barrier is Linux only")
 @pytest.mark.parametrize("dtype,H", [("float32", 33), ("float64", 17)])
 def test_column_split_packs_whole_panel_and_ragged_slices_alike(dtype, H):
     # Two slices of 16 and 17 (float32; 8 and 9 float64) units: the first
