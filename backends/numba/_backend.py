@@ -127,27 +127,27 @@ FEW_ROWS_LARGE_MAX_STEP_ROWS = 8
 #: The forward without a tape (with one, see COLUMNS_TRAINING_MIN_H) of
 #: batches of at most two rows per thread (where the row blocks get a
 #: thread per 2 rows, leaving threads idle below that) from COLUMNS_MIN_H
-#: hidden units on splits the hidden units, not the
-#: rows, between the threads (``_forward_columns``): each thread multiplies
-#: all rows by its slice of the recurrent weight, so on two threads it
-#: streams half of it at every step, from L2 where the whole one would not
-#: fit, and a batch of 1-3 rows gets two threads instead of one. Measured
-#: against the row blocks (float32, 2 threads, back-to-back calls,
-#: interleaved in one process; 2026-11-29): B=1 H=192
-#: 0.78, H=256 0.58-0.65, H=512 0.60, H=1024 0.70; B=2 H=192 0.63, H=256
-#: 0.55-0.68, H=512 0.58-0.69; B=3 H=256 0.60; B=4 H=192 0.82-0.97, H=256
-#: 0.78-0.83, H=512 0.78; B=6 H=192 1.02, H=256 0.96; and at H=128 B=1
-#: 0.89-1.25, B=2 0.74-1.16, B=4 1.00, B=8 and B=16 1.09-1.27. Timed as
-#: the report does (0.3 s pause, 0.1 s warm-up), since the slices are
-#: packed straight from the weights: B=4 H=192 0.93, H=256 0.88-0.94, H=320
-#: 0.97, H=512 0.86, T50-B4-H1024 0.68, T20-B4-H256 0.73; B=5 H=256 0.93 but
-#: H=512 1.03; B=6 H=256 1.01; B=8 H=512 1.03. With a tape only where the
-#: backward splits too (COLUMNS_TRAINING_MIN_H): a backward on row blocks
-#: of 1-2 rows ends with multi-threaded BLAS products whose pool spins for
-#: ~0.1 s into the next forward, and threads that meet at every step lose
-#: to it (forward + backward 1.07-1.8x the row blocks'). After ~10 ms idle (the second
-#: vCPU asleep) a call gets little from its second thread: B=1 H=256
-#: 2.33-2.43 ms against 2.14-2.20 on the row blocks' one thread.
+#: hidden units on splits the hidden units, not the rows, between the
+#: threads (``_forward_columns``): each thread multiplies all rows by its
+#: slice of the recurrent weight, so on two threads it streams half of it
+#: at every step, from L2 where the whole one would not fit, and a batch of
+#: 1-3 rows gets two threads instead of one. Measured against the row
+#: blocks (float32, 2 threads, back-to-back calls, interleaved in one
+#: process; 2026-11-29): B=1 H=192 0.78, H=256 0.58-0.65, H=512 0.60,
+#: H=1024 0.70; B=2 H=192 0.63, H=256 0.55-0.68, H=512 0.58-0.69; B=3 H=256
+#: 0.60; B=4 H=192 0.82-0.97, H=256 0.78-0.83, H=512 0.78; B=6 H=192 1.02,
+#: H=256 0.96; and at H=128 B=1 0.89-1.25, B=2 0.74-1.16, B=4 1.00, B=8 and
+#: B=16 1.09-1.27. Timed as the report does (0.3 s pause, 0.1 s warm-up),
+#: since the slices are packed straight from the weights: B=4 H=192 0.93,
+#: H=256 0.88-0.94, H=320 0.97, H=512 0.86, T50-B4-H1024 0.68, T20-B4-H256
+#: 0.73; B=5 H=256 0.93 but H=512 1.03; B=6 H=256 1.01; B=8 H=512 1.03.
+#: With a tape only where the backward splits too (COLUMNS_TRAINING_MIN_H):
+#: a backward on row blocks of 1-2 rows ends with multi-threaded BLAS
+#: products whose pool spins for ~0.1 s into the next forward, and threads
+#: that meet at every step lose to it (forward + backward 1.07-1.8x the
+#: row blocks'). After ~10 ms idle (the second vCPU asleep) a call gets
+#: little from its second thread: B=1 H=256 2.33-2.43 ms against 2.14-2.20
+#: on the row blocks' one thread.
 COLUMNS_MIN_H = 192
 #: ... with at least this many hidden units per thread: fewer threads for a
 #: smaller H on a machine with many cores (not measured beyond two threads;

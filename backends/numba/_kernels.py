@@ -411,9 +411,10 @@ def forward_split(first, x, w_ih, w_hh, b, p, lengths, reverse, hbuf, c, y, gate
     (k,) int64 zeros   edges: (C + 1,) int64.
     Per slice j, with U = the largest slice's units, P = ``_packed.panels(
     4U, L)``, G = P * L: w_rows_ih (C, 4U, I), w_rows_hh (C, 4U, H): the
-    rows of the four gates for its units, gathered before packing where
-    its units do not fill whole panels (else (C, 0, .), not read); w_ih_p (C, P, I, L), w_hh_p
-    (C, P, H, L) panels (each slice's aligned); b_p (C, G); p_p (C, 3U);
+    rows of the four gates for its units, gathered before packing where its
+    units do not fill whole panels (else (C, 0, .), not read); w_ih_p
+    (C, P, I, L), w_hh_p (C, P, H, L) panels (each slice's aligned); b_p
+    (C, G); p_p (C, 3U);
     xw (C, T, B, G); acc (C, B, G); grow (C, G). A slice's scratch is only
     touched by the thread computing one of its pieces, and two pieces of one
     slice never run at once.
@@ -620,7 +621,8 @@ def backward_split(first, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape
                    hprev, dp, flags, finished, edges, w_hh_p, tmp):
     """BPTT with the hidden units split into column slices, run by several
     threads at once, each calling this (GIL released): the backward of
-    ``forward_split``, which each thread streams only its slice of w_hh in.
+    ``forward_split``, in which each thread streams only its slice's columns
+    of w_hh at every step.
 
     The work is pieces (q, j) for slice j (units edges[j]..edges[j+1]-1):
     q = 0 packs its columns of w_hh; backward step s (t = T-1-s, or s when
