@@ -693,21 +693,27 @@ def _backward_columns(tape, dy, p, lengths, reverse, dh, dc, da, hprev, dp, nthr
     column slices (``_kernels.backward_split``), for a tape of any forward.
     dy: (T, B, H)   p: (3, H)   lengths: (B,)   dh, dc: (B, H), dh_n and
     dc_n in, dh0 and dc0 out   da: (T, B, 4H), hprev: (T, B, H) out
-    dp: (1, 3, H) zeros, the peephole gradient out."""
+    dp: (1, 3, H), the peephole gradient out."""
     T, B, I, H = tape.shape
     dtype = tape.x.dtype
     L = _packed.PANEL_OF[dtype]
     slices = nthreads
     edges = np.array([H * k // slices for k in range(slices + 1)], np.int64)
-    P = _packed.panels(int(np.diff(edges).max()), L)
+    U = int(np.diff(edges).max())
+    P = _packed.panels(U, L)
+    dp_k = np.empty((slices, 3 * U), dtype)
     # Every buffer is allocated here (see _forward_columns).
     args = (dy, np.ascontiguousarray(tape.w_hh), p, lengths, reverse, tape.h0, tape.c0, tape.y,
-            tape.gates, tape.c, dh, dc, da, hprev, dp,
+            tape.gates, tape.c, dh, dc, da, hprev,
             np.zeros(slices * (2 * T + 1), np.int64), np.zeros(8, np.int64), edges,
             _packed.new_panels(slices * P, 4 * H, L, dy).reshape(slices, P, 4 * H, L),
-            np.empty((slices, B, P * L), dtype))
+            np.empty((slices, B, P * L), dtype), np.empty((slices, 4 * U), dtype),
+            np.empty((slices, 4 * U), dtype), np.empty((slices, 3 * U), dtype), dp_k)
     _run_tasks([functools.partial(_kernels.backward_split, first, *args)
                 for first in range(slices)], nthreads, blas=False)
+    for j in range(slices):
+        u0, u1 = int(edges[j]), int(edges[j + 1])
+        dp[0, :, u0:u1] = dp_k[j, :3 * (u1 - u0)].reshape(3, u1 - u0)
 
 
 def _pack(w, width=None):
