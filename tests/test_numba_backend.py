@@ -491,62 +491,73 @@ TWO_CPUS = _affinity.available() and len(os.sched_getaffinity(0)) >= 2
 
 
 @pytest.mark.skipif(not TWO_CPUS, reason="needs Linux's sched_getcpu and two allowed CPUs")
-def test_workers_target_excludes_only_the_callers_cpu():
-    allowed = os.sched_getaffinity(0)
-    cpus = _affinity.target(2)
-    # Which CPU is left out is wherever the caller runs at that moment.
-    assert cpus < allowed and len(cpus) == len(allowed) - 1
-    # More threads than CPUs: the pool threads keep every CPU.
-    assert _affinity.target(len(allowed) + 1) == allowed
+def test_caller_cpu_is_one_of_its_allowed_cpus():
+    assert _affinity.caller_cpu() in os.sched_getaffinity(0)
 
 
-@pytest.mark.skipif(not _affinity.available(), reason="sched_setaffinity is Linux only")
-def test_keep_off_restricts_only_its_own_thread_and_tolerates_bad_sets():
+def test_workers_cpus_leave_out_the_callers_cpu_while_enough_remain():
+    own = frozenset({0, 1, 2, 3})
+    assert _affinity.workers_cpus(own, 2, 1) == {0, 1, 3}
+    assert _affinity.workers_cpus(own, 2, 3) == {0, 1, 3}
+    # More pool threads than the other CPUs: the whole set.
+    assert _affinity.workers_cpus(own, 2, 4) == own
+    # A caller outside the set, or on an unknown CPU: nothing to leave out.
+    assert _affinity.workers_cpus(own, 7, 1) == own
+    assert _affinity.workers_cpus(own, None, 1) == own
+
+
+@pytest.mark.skipif(not TWO_CPUS, reason="needs sched_setaffinity and two allowed CPUs")
+def test_keep_off_restricts_only_its_own_thread():
     import threading
 
     allowed = frozenset(os.sched_getaffinity(0))
-    one = frozenset({min(allowed)})
+    first = min(allowed)
     seen = {}
 
     def in_thread():
-        _affinity.keep_off(None)  # no-op
+        _affinity.keep_off(None, 1)  # unknown caller CPU: no-op
         seen["none"] = os.sched_getaffinity(0)
-        _affinity.keep_off(frozenset({10 ** 6}))  # no such CPU: ignored, not raised
-        seen["bad"] = os.sched_getaffinity(0)
-        _affinity.keep_off(one)
-        seen["one"] = os.sched_getaffinity(0)
+        _affinity.keep_off(first, 1)
+        seen["off"] = os.sched_getaffinity(0)
+        _affinity.keep_off(first, len(allowed))  # too many pool threads: all again
+        seen["all"] = os.sched_getaffinity(0)
 
     thread = threading.Thread(target=in_thread)
     thread.start()
     thread.join()
-    assert seen == {"none": allowed, "bad": allowed, "one": one}
+    assert seen == {"none": allowed, "off": allowed - {first}, "all": allowed}
     assert os.sched_getaffinity(0) == allowed  # the caller's own set untouched
 
 
 @pytest.mark.skipif(not TWO_CPUS, reason="needs Linux's sched_getcpu and two allowed CPUs")
-def test_pool_threads_run_on_the_callers_target(monkeypatch):
+def test_pool_threads_keep_off_a_pinned_callers_cpu():
+    # A caller pinned to one CPU: the pool's thread keeps its own set less
+    # that CPU, rather than following the caller onto it.
     import threading
 
     allowed = frozenset(os.sched_getaffinity(0))
-    off_first = allowed - {min(allowed)}
+    first = min(allowed)
     barrier = threading.Barrier(2, timeout=30)
+    record = {}
 
-    def task(record):
-        record.append((threading.get_ident(), frozenset(os.sched_getaffinity(0))))
+    def task():
+        record[threading.get_ident()] = frozenset(os.sched_getaffinity(0))
         barrier.wait()  # both threads hold a task: the pool's thread ran one
 
-    def run_with(cpus):
-        monkeypatch.setattr(_affinity, "target", lambda nthreads: cpus)
-        record = []
-        _backend._run_tasks([lambda: task(record)] * 2, 2, blas=False)
-        return dict(record)
+    def pinned_caller():
+        os.sched_setaffinity(0, {first})
+        _backend._run_tasks([task] * 2, 2, blas=False)
+        record["caller"] = threading.get_ident()
 
-    try:
-        got = run_with(off_first)
-        pool_thread = [ident for ident in got if ident != threading.get_ident()]
-        assert got[threading.get_ident()] == allowed and got[pool_thread[0]] == off_first
-    finally:
-        run_with(allowed)  # later tests get the pool thread unrestricted
+    _backend._run_tasks([lambda: None] * 2, 2, blas=False)  # the pool, started here
+    caller = threading.Thread(target=pinned_caller)
+    caller.start()
+    caller.join()
+    pool_thread = [key for key in record if key not in ("caller", record["caller"])]
+    assert record[record["caller"]] == {first}
+    assert record[pool_thread[0]] == allowed - {first}
+    # A call from this (unpinned) thread: the pool thread off its CPU again.
+    _backend._run_tasks([lambda: None] * 2, 2, blas=False)
 
 
 def test_small_calls_stay_on_one_thread():

@@ -242,7 +242,7 @@ def _run_tasks(tasks, nthreads, blas=True):
             pool = _POOL
         # next() on an itertools.count is atomic under the GIL: each task once.
         counter = itertools.count()
-        workers_cpus = _affinity.target(nthreads)
+        cpu = _affinity.caller_cpu()
 
         def worker():
             for k in iter(counter.__next__, None):
@@ -251,7 +251,7 @@ def _run_tasks(tasks, nthreads, blas=True):
                 tasks[k]()
 
         def pool_worker():
-            _affinity.keep_off(workers_cpus)
+            _affinity.keep_off(cpu, nthreads - 1)
             worker()
 
         futures = [pool.submit(pool_worker) for _ in range(nthreads - 1)]
