@@ -649,6 +649,14 @@ _PLANS_MAX = 4096
 _PRODUCT = {"hand": _kernels.HAND, "blas": _kernels.BLAS, "packed": _kernels.PACKED}
 
 
+def _column_slices(H, slices):
+    """(edges, U): H hidden units cut into ``slices`` near-equal slices,
+    slice j holding units edges[j]..edges[j+1]-1 (edges: (slices + 1,)
+    int64), U the largest slice's units."""
+    edges = np.array([H * k // slices for k in range(slices + 1)], np.int64)
+    return edges, int(np.diff(edges).max())
+
+
 def _forward_columns(x, w_ih, w_hh, b, p, lengths, reverse, h, c, y, gates, ctape, nthreads):
     """The forward with the hidden units split into ``nthreads`` column
     slices, computed by up to ``nthreads`` threads that take the pieces as
@@ -662,8 +670,7 @@ def _forward_columns(x, w_ih, w_hh, b, p, lengths, reverse, h, c, y, gates, ctap
     dtype = x.dtype
     L = _packed.PANEL_OF[dtype]
     slices = nthreads
-    edges = np.array([H * k // slices for k in range(slices + 1)], np.int64)
-    U = int(np.diff(edges).max())
+    edges, U = _column_slices(H, slices)
     P = _packed.panels(4 * U, L)
     G = P * L
     hbuf = np.empty((2, B, H), dtype)  # h_{t-1} and h_t, by step parity
@@ -698,8 +705,7 @@ def _backward_columns(tape, dy, p, lengths, reverse, dh, dc, da, hprev, dp, nthr
     dtype = tape.x.dtype
     L = _packed.PANEL_OF[dtype]
     slices = nthreads
-    edges = np.array([H * k // slices for k in range(slices + 1)], np.int64)
-    U = int(np.diff(edges).max())
+    edges, U = _column_slices(H, slices)
     P = _packed.panels(U, L)
     dp_k = np.empty((slices, 3 * U), dtype)
     # Every buffer is allocated here (see _forward_columns).

@@ -564,6 +564,17 @@ def _cell_backward_row(dhr, dcr, dyr, gr, ctr, cpr, p, dar, dp):
         dp[2, j] += dao * ct
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _previous_state(r, t, lengths, reverse, h0, c0, y, ctape):
+    """(c_{t-1}, h_{t-1}) of row r at its active step t, both (H,): from the
+    tape, or c0 and h0 at the row's first step (t = 0, or its last valid
+    step when ``reverse``). Inlined: it runs per row and step."""
+    tp = t + 1 if reverse else t - 1
+    if (tp >= lengths[r]) if reverse else (tp < 0):
+        return c0[r], h0[r]
+    return ctape[tp, r], y[tp, r]
+
+
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, y, gates, ctape,
                     dh, dc, da, hprev, dp, tmp, product):
@@ -587,14 +598,7 @@ def _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, 
         t = s if reverse else T - 1 - s
         for r in range(r0, r1):
             if t < lengths[r]:
-                tp = t + 1 if reverse else t - 1
-                first = tp >= lengths[r] if reverse else tp < 0
-                if first:
-                    cpr = c0[r]
-                    hpr = h0[r]
-                else:
-                    cpr = ctape[tp, r]
-                    hpr = y[tp, r]
+                cpr, hpr = _previous_state(r, t, lengths, reverse, h0, c0, y, ctape)
                 hprev[t, r] = hpr
                 _cell_backward_row(dh[r], dc[r], dy[t, r], gates[t, r], ctape[t, r], cpr,
                                    p, da[t, r], dp[blk])
@@ -683,14 +687,7 @@ def _backward_piece(q, j, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape
         d = da_k[j, :4 * U]
         for r in range(B):
             if t < lengths[r]:
-                tp = t + 1 if reverse else t - 1
-                first = tp >= lengths[r] if reverse else tp < 0
-                if first:
-                    cpr = c0[r]
-                    hpr = h0[r]
-                else:
-                    cpr = ctape[tp, r]
-                    hpr = y[tp, r]
+                cpr, hpr = _previous_state(r, t, lengths, reverse, h0, c0, y, ctape)
                 hprev[t, r, u0:u1] = hpr[u0:u1]
                 for k in range(4):
                     g[k * U:(k + 1) * U] = gates[t, r, k * H + u0:k * H + u1]
