@@ -102,6 +102,9 @@ def compare(old, new, inputs: bm.Inputs, mode: str, rounds: int):
     times = {"old": [], "new": []}
     for r in range(rounds):
         for name in (("old", "new") if r % 2 == 0 else ("new", "old")):
+            # The other version's pool threads spin for up to a millisecond
+            # after its last call (``_pool.LINGER_NS``): let them stop first.
+            time.sleep(0.003)
             start = time.perf_counter()
             for _ in range(calls):
                 call(backends[name], inputs, mode, tapes.get(name))

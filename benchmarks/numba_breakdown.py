@@ -25,7 +25,7 @@ from numba import njit
 
 from polylstm import benchmarking as bm
 from polylstm.cli_bench import parse_shape_or_label
-from polylstm_numba import _backend, _kernels, _packed
+from polylstm_numba import _backend, _barrier, _kernels, _packed
 
 
 @njit(nogil=True)
@@ -42,18 +42,20 @@ def _blas_steps(h, w_hh_t, acc, T):
 
 
 @njit(nogil=True)
-def _row_projection(r0, r1, x, w_ih_t, xw, product):
+def _row_projection(r0, r1, x, w_ih_t, xw, product, sync):
     """Per step, rows r0..r1-1: xw[t] = x[t] @ w_ih_t (``_kernels.multiply``,
     BLAS or the hand-written product)."""
+    _barrier.started(sync)  # as the backend's kernels: the pool's thread starts at once
     for t in range(x.shape[0]):
         unused = w_ih_t.reshape(1, w_ih_t.shape[0], w_ih_t.shape[1])
         _kernels.multiply(x[t, r0:r1], w_ih_t, unused, xw[t, r0:r1], product, False)
 
 
 @njit(nogil=True)
-def _row_projection_packed(r0, r1, x, w_ih_p, xw):
+def _row_projection_packed(r0, r1, x, w_ih_p, xw, sync):
     """The projection as the 1-3-row packed blocks do it: one packed product
     over all steps when the block is the whole batch, else one per step."""
+    _barrier.started(sync)  # as the backend's kernels: the pool's thread starts at once
     T, B, I = x.shape
     if r1 - r0 == B:
         _packed.matmul(x.reshape(T * B, I), w_ih_p, xw.reshape(T * B, xw.shape[2]))
@@ -63,40 +65,45 @@ def _row_projection_packed(r0, r1, x, w_ih_p, xw):
 
 
 @njit(nogil=True)
-def _row_steps(r0, r1, h, w_hh_t, w_hh_p, acc, T, product):
+def _row_steps(r0, r1, h, w_hh_t, w_hh_p, acc, T, product, sync):
     """T recurrent products for rows r0..r1-1 as the rows path does them."""
+    _barrier.started(sync)  # as the backend's kernels: the pool's thread starts at once
     for _ in range(T):
         _kernels.multiply(h[r0:r1], w_hh_t, w_hh_p, acc[r0:r1], product, False)
 
 
 @njit(nogil=True)
-def _packed_steps(r0, r1, z, w_p, acc, T):
+def _packed_steps(r0, r1, z, w_p, acc, T, sync):
     """T fused products z @ w (packed) for rows r0..r1-1, as the packed rows
     path does them (z = [x_t | h | 1], w = [w_ih.T; w_hh.T; b])."""
+    _barrier.started(sync)  # as the backend's kernels: the pool's thread starts at once
     for _ in range(T):
         _packed.matmul_wide(z[r0:r1], w_p, acc[r0:r1])
 
 
 @njit(nogil=True)
-def _few_row_steps(r0, r1, h, w_hh_p, acc, xw, b, T):
+def _few_row_steps(r0, r1, h, w_hh_p, acc, xw, b, T, sync):
     """T recurrent products for a block of 1-3 rows on the packed kernel,
     starting from the projection and bias, as the backend does them."""
+    _barrier.started(sync)  # as the backend's kernels: the pool's thread starts at once
     for s in range(T):
         _packed.matmul_few(h[r0:r1], w_hh_p, acc[r0:r1], xw[s, r0:r1], b, True, s % 2 == 1)
 
 
 @njit(nogil=True)
-def _product_gate_passes(r0, r1, acc, p, h, c, y, g, ct, T):
+def _product_gate_passes(r0, r1, acc, p, h, c, y, g, ct, T, sync):
     """T gate passes of the packed path (projection and bias already in the
     product: the fused forward and the 1-3-row blocks)."""
+    _barrier.started(sync)  # as the backend's kernels: the pool's thread starts at once
     for t in range(T):
         for r in range(r0, r1):
             _kernels._gate_row(acc[r], p, h[r], c[r], y[t, r], g[0, r], ct[0, r], False)
 
 
 @njit(nogil=True)
-def _gate_passes(r0, r1, acc, xw, b, p, h, c, y, g, ct):
+def _gate_passes(r0, r1, acc, xw, b, p, h, c, y, g, ct, sync):
     """T gate passes (the cell) for rows r0..r1-1, no products."""
+    _barrier.started(sync)  # as the backend's kernels: the pool's thread starts at once
     for t in range(xw.shape[0]):
         for r in range(r0, r1):
             _kernels._cell_forward_row(acc[r], xw[t, r], b, p, h[r], c[r], y[t, r], g[0, r],

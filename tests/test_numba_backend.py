@@ -25,7 +25,7 @@ from polylstm_numpy import reference  # noqa: E402
 
 import polylstm_numba  # noqa: E402
 from polylstm_numba import (  # noqa: E402
-    _activations, _affinity, _backend, _barrier, _blas_threads, _kernels, _packed)
+    _activations, _affinity, _backend, _barrier, _blas_threads, _kernels, _packed, _pool)
 
 # The PyPI scipy wheels bundle an OpenBLAS, whose thread count the backend
 # sets; without one the row blocks fall back to the hand-written product.
@@ -469,7 +469,7 @@ def test_column_split_finishes_when_one_thread_does_every_piece(monkeypatch, thr
     backend = _backend.NumbaBackend("columns", threads)
     want = _named(*_run(backend, inputs, case))
     monkeypatch.setattr(_backend, "_run_tasks", lambda tasks, nthreads, blas=True: [
-        task() for task in tasks])  # the tasks one after another, on this thread
+        task(_pool.UNPOOLED) for task in tasks])  # the tasks one after another, on this thread
     got = _named(*_run(backend, inputs, case))
     for name in want:
         assert got[name].tobytes() == want[name].tobytes(), name
@@ -540,7 +540,7 @@ def test_pool_threads_keep_off_a_pinned_callers_cpu():
     barrier = threading.Barrier(2, timeout=30)
     record = {}
 
-    def task():
+    def task(sync):
         record[threading.get_ident()] = frozenset(os.sched_getaffinity(0))
         barrier.wait()  # both threads hold a task: the pool's thread ran one
 
@@ -549,7 +549,7 @@ def test_pool_threads_keep_off_a_pinned_callers_cpu():
         _backend._run_tasks([task] * 2, 2, blas=False)
         record["caller"] = threading.get_ident()
 
-    _backend._run_tasks([lambda: None] * 2, 2, blas=False)  # the pool, started here
+    _backend._run_tasks([lambda sync: None] * 2, 2, blas=False)  # the pool, started here
     caller = threading.Thread(target=pinned_caller)
     caller.start()
     caller.join()
@@ -557,7 +557,7 @@ def test_pool_threads_keep_off_a_pinned_callers_cpu():
     assert record[record["caller"]] == {first}
     assert record[pool_thread[0]] == allowed - {first}
     # A call from this (unpinned) thread: the pool thread off its CPU again.
-    _backend._run_tasks([lambda: None] * 2, 2, blas=False)
+    _backend._run_tasks([lambda sync: None] * 2, 2, blas=False)
 
 
 def test_small_calls_stay_on_one_thread():

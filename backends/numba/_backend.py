@@ -12,10 +12,8 @@ Shapes: T time steps, B batch, I input size, H hidden size.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
-import itertools
 import os
 import sys
 import threading
@@ -25,7 +23,7 @@ import numpy as np
 
 from polylstm.backend import Backend, ForwardOutput, Gradients
 
-from . import _affinity, _barrier, _blas_threads, _kernels, _packed
+from . import _barrier, _blas_threads, _kernels, _packed, _pool
 
 #: Row blocks calling single-threaded BLAS beat one multi-threaded BLAS call
 #: per step up to this hidden size; above it every block streams a recurrent
@@ -215,58 +213,36 @@ if hasattr(os, "register_at_fork"):
 
 
 def _run_tasks(tasks, nthreads, blas=True):
-    """Run the zero-argument callables ``tasks`` on up to ``nthreads`` threads
-    (this one and a shared pool); they call GIL-free kernels. Threads take the
-    next task when they finish one, so a thread slowed by foreign load on its
-    core (a shared machine) does fewer tasks instead of holding up the call:
-    measured on the 2-core box, two fixed halves at T100-B16-I128-H128 took
-    3.8 or 7.5 ms depending on the neighbours. Idle workers block on a queue,
-    so they never spin. While tasks that call BLAS run, scipy's BLAS is
-    single-threaded (``_blas_threads``): the threads are the parallelism.
-    The pool's threads keep off this thread's CPU (``_affinity``: after an
-    idle spell a VM's scheduler otherwise stacks them on it).
-    ``blas``: whether the tasks call BLAS; when they do not, the BLAS
-    setting is left alone (setting and restoring it costs ~2 us, 1% of a
-    T200-B1-I32-H64 forward)."""
+    """Run ``tasks``, callables that each call a GIL-free kernel given the
+    ``sync`` array of ``_pool`` (``task(sync)``), on up to ``nthreads``
+    threads: this one and the process's ``_pool.Pool``, whose threads
+    take the next task when they finish one and spin for a moment after a
+    call instead of sleeping at once (see ``_pool``). While tasks that call
+    BLAS run, scipy's BLAS is single-threaded (``_blas_threads``): the
+    threads are the parallelism. ``blas``: whether the tasks call BLAS;
+    when they do not, the BLAS setting is left alone (setting and restoring
+    it costs ~2 us, 1% of a T200-B1-I32-H64 forward)."""
     global _POOL
     nthreads = max(1, min(nthreads, len(tasks)))
     with _blas_threads.single_threaded() if blas else contextlib.nullcontext():
         if nthreads == 1:
             for task in tasks:
-                task()
+                task(_pool.UNPOOLED)
             return
-        with _POOL_LOCK:
-            if _POOL is None or _POOL._max_workers < nthreads - 1:
-                _POOL = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=nthreads - 1, thread_name_prefix="polylstm-numba")
-            pool = _POOL
-        # next() on an itertools.count is atomic under the GIL: each task once.
-        counter = itertools.count()
-        cpu = _affinity.caller_cpu()
-
-        def worker():
-            for k in iter(counter.__next__, None):
-                if k >= len(tasks):
-                    return
-                tasks[k]()
-
-        def pool_worker():
-            _affinity.keep_off(cpu, nthreads - 1)
-            worker()
-
-        futures = [pool.submit(pool_worker) for _ in range(nthreads - 1)]
-        worker()
-        for future in futures:
-            future.result()
+        if _POOL is None:
+            with _POOL_LOCK:
+                if _POOL is None:
+                    _POOL = _pool.Pool()
+        _POOL.run(tasks, nthreads)
 
 
 def _run_blocks(function, blocks, nthreads, *args, blas=True):
-    """``function(r0, r1, k, *args)`` for every row block k, on up to
+    """``function(r0, r1, k, *args, sync)`` for every row block k, on up to
     ``nthreads`` threads (``_run_tasks``; ``blas``: whether it calls BLAS)."""
     if len(blocks) == 1 and not blas:
         # One block calling no BLAS (a small batch): straight to the kernel,
         # without the task list (~2 us, 1% of a T200-B1-I32-H64 forward).
-        function(blocks[0][0], blocks[0][1], 0, *args)
+        function(blocks[0][0], blocks[0][1], 0, *args, _pool.UNPOOLED)
         return
     _run_tasks([functools.partial(function, r0, r1, k, *args)
                 for k, (r0, r1) in enumerate(blocks)], nthreads, blas)

@@ -319,7 +319,7 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def forward_rows(r0, r1, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y,
-                 gates, ctape, xw, acc, product):
+                 gates, ctape, xw, acc, product, sync):
     """Whole forward for batch rows r0..r1-1; releases the GIL so the caller
     runs one row block per thread.
 
@@ -336,8 +336,9 @@ def forward_rows(r0, r1, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, rever
     the projection fused into the step's product: for a row or three that
     turns an efficient product over all steps into a weight streamed from
     L2 at every step). The input projection of all steps is done first, one
-    product per step over the block's rows.
+    product per step over the block's rows. ``sync``: as ``forward_packed``.
     """
+    _barrier.started(sync)
     T, B, I = x.shape
     G = xw.shape[2]
     if r1 - r0 == B:  # all rows: (T*B, I) is one contiguous matrix, one product
@@ -350,7 +351,7 @@ def forward_rows(r0, r1, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, rever
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
-def forward_packed(r0, r1, x, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc):
+def forward_packed(r0, r1, x, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc, sync):
     """Whole forward for batch rows r0..r1-1 on the packed kernel, the input
     projection and the bias fused into the per-step product (GIL released:
     one row block per thread).
@@ -366,9 +367,12 @@ def forward_packed(r0, r1, x, w_p, p, lengths, reverse, h, c, y, gates, ctape, z
     with the same bits (see ``packed_stacked``).
 
     x: (T, B, I)   z: (B, I+H+1) scratch   acc: (B, PL) scratch (the gates
-    read its first 4H columns).
+    read its first 4H columns).   sync: (2,) int64, the thread pool's
+    (``_pool``), where the kernel first publishes that it has begun
+    (``_barrier.started``), as every kernel the pool runs does.
     Other arguments as ``_forward_steps``.
     """
+    _barrier.started(sync)
     T, B, I = x.shape
     H = h.shape[1]
     keep = gates.shape[0] == T
@@ -387,7 +391,7 @@ def forward_packed(r0, r1, x, w_p, p, lengths, reverse, h, c, y, gates, ctape, z
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
 def forward_split(first, x, w_ih, w_hh, b, p, lengths, reverse, hbuf, c, y, gates, ctape,
                   flags, finished, edges, w_rows_ih, w_rows_hh, w_ih_p, w_hh_p, b_p, p_p, xw,
-                  acc, grow):
+                  acc, grow, sync):
     """A forward with the hidden units split into column slices, run by
     several threads at once, each calling this (GIL released).
 
@@ -417,8 +421,9 @@ def forward_split(first, x, w_ih, w_hh, b, p, lengths, reverse, hbuf, c, y, gate
     (C, G); p_p (C, 3U);
     xw (C, T, B, G); acc (C, B, G); grow (C, G). A slice's scratch is only
     touched by the thread computing one of its pieces, and two pieces of one
-    slice never run at once.
+    slice never run at once. sync: as ``forward_packed``.
     """
+    _barrier.started(sync)
     T = x.shape[0]
     C = edges.shape[0] - 1
     for q in range(T + 1):
@@ -610,20 +615,21 @@ def _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def backward_rows(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0, y, gates, ctape,
-                  dh, dc, da, hprev, dp, tmp, product):
+                  dh, dc, da, hprev, dp, tmp, product, sync):
     """BPTT time loop for rows r0..r1-1 (one row block per thread, GIL
     released); block ``blk`` writes ``dp[blk]`` (nb, 3, H). Arguments as
     ``_backward_steps``; ``product`` as in ``forward_rows``. The caller then
     computes the gradients of all steps (``input_gradient_rows``,
-    ``weight_gradient``, ``bias_gradient``).
+    ``weight_gradient``, ``bias_gradient``). sync: as ``forward_packed``.
     """
+    _barrier.started(sync)
     _backward_steps(r0, r1, blk, dy, w_hh, w_hh_p, p, lengths, reverse, h0, c0,
                     y, gates, ctape, dh, dc, da, hprev, dp, tmp, product)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def backward_split(first, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape, dh, dc, da,
-                   hprev, flags, finished, edges, w_hh_p, tmp, g_k, da_k, p_k, dp_k):
+                   hprev, flags, finished, edges, w_hh_p, tmp, g_k, da_k, p_k, dp_k, sync):
     """BPTT with the hidden units split into column slices, run by several
     threads at once, each calling this (GIL released): the backward of
     ``forward_split``, in which each thread streams only its slice's columns
@@ -647,8 +653,10 @@ def backward_split(first, dy, w_hh, p, lengths, reverse, h0, c0, y, gates, ctape
     L)``: w_hh_p (C, P, 4H, L) and tmp (C, B, P * L), g_k and da_k (C, 4U)
     (a row's gates and da_t for the slice's units, gathered and scattered
     around the cell's backward), p_k (C, 3U) scratch; dp_k (C, 3U) out: the
-    slice's peephole gradient, (3, u) for its u units.
+    slice's peephole gradient, (3, u) for its u units. sync: as
+    ``forward_packed``.
     """
+    _barrier.started(sync)
     T = dy.shape[0]
     C = edges.shape[0] - 1
     for q in range(2 * T + 1):
@@ -723,28 +731,34 @@ def backward_products(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db):
     """
     T, B, G = da.shape
     da2 = da.reshape(T * B, G)
-    input_gradient_rows(da2, w_ih, dx.reshape(T * B, x.shape[2]), 0, T * B)
-    weight_gradient(da2, x.reshape(T * B, x.shape[2]), dw_ih)
-    weight_gradient(da2, hprev.reshape(T * B, hprev.shape[2]), dw_hh)
-    bias_gradient(da2, db)
+    sync = np.zeros(2, np.int64)  # not the pool's: no worker looks here
+    input_gradient_rows(da2, w_ih, dx.reshape(T * B, x.shape[2]), 0, T * B, sync)
+    weight_gradient(da2, x.reshape(T * B, x.shape[2]), dw_ih, sync)
+    weight_gradient(da2, hprev.reshape(T * B, hprev.shape[2]), dw_hh, sync)
+    bias_gradient(da2, db, sync)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def input_gradient_rows(da2, w_ih, dx2, n0, n1):
-    """dx2[n0:n1] = da2[n0:n1] @ w_ih.   da2: (N, 4H)  w_ih: (4H, I)  dx2: (N, I)"""
+def input_gradient_rows(da2, w_ih, dx2, n0, n1, sync):
+    """dx2[n0:n1] = da2[n0:n1] @ w_ih.   da2: (N, 4H)  w_ih: (4H, I)  dx2: (N, I)
+    sync: as ``forward_packed``."""
+    _barrier.started(sync)
     np.dot(da2[n0:n1], w_ih, dx2[n0:n1])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def weight_gradient(da2, source2, dw):
-    """dw (4H, K) = da2.T @ source2.   da2: (N, 4H)  source2: (N, K)"""
+def weight_gradient(da2, source2, dw, sync):
+    """dw (4H, K) = da2.T @ source2.   da2: (N, 4H)  source2: (N, K)
+    sync: as ``forward_packed``."""
+    _barrier.started(sync)
     np.dot(da2.T, source2, dw)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def bias_gradient(da2, db):
+def bias_gradient(da2, db, sync):
     """db (4H,) = sum over the N rows of da2 (N, 4H), accumulated in row order
-    (deterministic)."""
+    (deterministic). sync: as ``forward_packed``."""
+    _barrier.started(sync)
     db[:] = 0
     for n in range(da2.shape[0]):
         row = da2[n]
