@@ -159,12 +159,12 @@ def breakdown(shape: bm.Shape, repeats: int):
         rec = _median_ms(lambda: _blas_steps(h, w_hh_t, acc, T), repeats)
     elif few:
         path = "rows, packed products, 1-3-row blocks"
-        w_ih_p = _backend._pack_transposed(inp.w_ih)
-        w_hh_p = _backend._pack_transposed(inp.w_hh)
+        w_ih_p = _backend._pack_transposed(inp.w_ih, "w_ih_p")
+        w_hh_p = _backend._pack_transposed(inp.w_hh, "w_hh_p")
         proj = _median_ms(lambda: on_blocks(_row_projection_packed, inp.x, w_ih_p, xw), repeats)
         rec = _median_ms(lambda: on_blocks(_few_row_steps, h, w_hh_p, acc, xw, inp.b, T), repeats)
-        packing = _median_ms(lambda: (_backend._pack_transposed(inp.w_ih),
-                                      _backend._pack_transposed(inp.w_hh)), repeats)
+        packing = _median_ms(lambda: (_backend._pack_transposed(inp.w_ih, "w_ih_p"),
+                                      _backend._pack_transposed(inp.w_hh, "w_hh_p")), repeats)
         proj_name = "packing w_ih.T, w_hh.T + input projection"
         proj += packing
     elif products == "packed":

@@ -8,9 +8,11 @@ blocks of unequal size, leftover rows of the 4-row blocking and single-row
 blocks all occur.
 """
 
+import dataclasses
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -167,7 +169,7 @@ def _check_packed_product(product, M, K, N, width, dtype, seed):
     a = rng.standard_normal((M, K)).astype(dtype)
     w = rng.standard_normal((K, N)).astype(dtype)
     c = np.full((M, _packed.padded(N, width)), np.nan, dtype)
-    wp = _backend._pack(w, width)
+    wp = _backend._pack(w, "test", width)
     assert wp.shape == (_packed.panels(N, width), K, width)
     product(a, wp, c)
     want = a.astype(np.float64) @ w.astype(np.float64)
@@ -227,7 +229,7 @@ def test_few_row_product_matches_a_float64_product(M, panels, dtype):
         w = rng.standard_normal((K, N)).astype(dtype)
         c0 = rng.standard_normal((M, G)).astype(dtype)
         b = rng.standard_normal(G).astype(dtype)
-        wp = _backend._pack(w)
+        wp = _backend._pack(w, "test")
         product = np.zeros((M, G))
         product[:, :N] = a.astype(np.float64) @ w.astype(np.float64)
         tol = {"float32": 1e-5, "float64": 1e-13}[dtype] * np.sqrt(K) * np.abs(product).max()
@@ -276,7 +278,8 @@ def test_pack_transposed_stacks_weights_along_k(dtype, H):
     width = _packed.WIDE_PANEL[dtype]
     # H = 5: 4H = 20 columns in a panel of 32 (float32) or two of 16.
     assert panels.shape == (_packed.panels(4 * H, width), 6 + H, width)
-    np.testing.assert_array_equal(panels, _backend._pack(np.vstack([w_ih.T, w_hh.T, b]), width))
+    np.testing.assert_array_equal(panels, _backend._pack(np.vstack([w_ih.T, w_hh.T, b]), "test",
+                                                         width))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -304,7 +307,7 @@ def test_transposed_weights_are_exact_copies(shape, dtype):
     # Register-transposed where the row count is a multiple of the block
     # (8 float32, 4 float64 values), NumPy's copy otherwise.
     w = np.random.default_rng(shape[0]).standard_normal(shape).astype(dtype)
-    got = _backend._transposed(w)
+    got = _backend._transposed(w, "test")
     assert got.flags.c_contiguous and got.dtype == w.dtype
     np.testing.assert_array_equal(got, w.T)
 
@@ -317,12 +320,12 @@ def test_packed_weights_start_on_a_cache_line(dtype):
     for G, I, H in ((64, 3, 16), (256, 32, 64), (512, 7, 128)):
         w_ih = rng.standard_normal((G, I)).astype(dtype)
         w_hh = rng.standard_normal((G, H)).astype(dtype)
-        for _ in range(3):  # fresh allocations land at different offsets
-            for panels in (_backend._pack(w_hh.T), _backend._pack_transposed(w_hh),
-                           _backend._pack_stacked(w_ih, w_hh, w_hh[:, 0].copy())):
-                assert panels.ctypes.data % _packed.ALIGN == 0
-                assert panels.flags.c_contiguous
-        np.testing.assert_array_equal(_backend._pack_transposed(w_hh), _backend._pack(w_hh.T))
+        for panels in (_backend._pack(w_hh.T, "a"), _backend._pack_transposed(w_hh, "b"),
+                       _backend._pack_stacked(w_ih, w_hh, w_hh[:, 0].copy())):
+            assert panels.ctypes.data % _packed.ALIGN == 0
+            assert panels.flags.c_contiguous
+        np.testing.assert_array_equal(_backend._pack_transposed(w_hh, "a"),
+                                      _backend._pack(w_hh.T, "b"))
 
 
 
@@ -456,6 +459,62 @@ def test_column_split_packs_whole_panel_and_ragged_slices_alike(dtype, H):
     # goes through the gathered rows. Both against the reference.
     case = Case(T=4, B=2, I=3, H=H, lengths=True, peephole=True)
     test_strategy_matches_reference(case, "columns", 2, None, dtype)
+
+
+@pytest.mark.parametrize("path,threads,products", STRATEGIES)
+def test_results_and_tapes_outlive_later_calls(path, threads, products):
+    # The buffers that live only inside a call come from memory the thread
+    # keeps (_scratch): what a call returns, and the tape a backward reads,
+    # must not be in it. A tape and results from the first inputs, then a
+    # whole call on other inputs of the same shape, then the first tape's
+    # backward: all as if the second call had not happened.
+    case = Case(T=6, B=7, I=5, H=9, lengths=True, peephole=True)
+    first = make_inputs(case, "float32")
+    second = make_inputs(dataclasses.replace(case, seed=1), "float32")
+    backend = _backend.NumbaBackend(path, threads, products)
+    want = {name: value.copy() for name, value in _named(*_run(backend, first, case)).items()}
+    h0, c0 = _initial_state(first, case)
+    out = backend.forward(first["x"], first["w_ih"], first["w_hh"], first["b"], h0, c0,
+                          first["peephole"], first["lengths"], case.reverse, True)
+    kept = {name: getattr(out, name).copy() for name in ("y", "h_n", "c_n", "gates", "c")}
+    later = _named(*_run(backend, second, case))
+    for name, value in kept.items():
+        assert getattr(out, name).tobytes() == value.tobytes(), name
+    tape = Tape("x", first["x"], first["w_ih"], first["w_hh"], h0, c0, first["peephole"],
+                first["lengths"], case.reverse, out.y, out.gates, out.c)
+    grads = backend.backward(tape, first["dy"], first["dh_n"], first["dc_n"])
+    _run(backend, second, case)
+    got = _named(out, grads)
+    for name in want:
+        assert got[name].tobytes() == want[name].tobytes(), name
+    assert later["y"].tobytes() != want["y"].tobytes()  # the second call did compute
+
+
+def test_scratch_is_aligned_kept_per_name_and_grown():
+    from polylstm_numba import _scratch
+
+    a = _scratch.take("test-a", (3, 5), np.float32)
+    assert a.shape == (3, 5) and a.dtype == np.float32 and a.flags.c_contiguous
+    assert a.ctypes.data % _scratch.ALIGN == 0
+    b = _scratch.take("test-b", (7,), np.float64)
+    assert b.ctypes.data % _scratch.ALIGN == 0 and not np.shares_memory(a, b)
+    again = _scratch.take("test-a", (2, 2), np.float64)  # smaller: the same memory
+    assert again.ctypes.data == a.ctypes.data
+    grown = _scratch.take("test-a", (1000,), np.float64)  # larger: a new buffer, kept
+    assert grown.ctypes.data % _scratch.ALIGN == 0
+    assert _scratch.take("test-a", (10,), np.float64).ctypes.data == grown.ctypes.data
+    assert (_scratch.zeros("test-a", (4, 4), np.float32) == 0).all()
+    seen = {}
+    thread = threading.Thread(target=lambda: seen.update(
+        other=_scratch.take("test-a", (10,), np.float64).ctypes.data))
+    thread.start()
+    thread.join()
+    assert seen["other"] != grown.ctypes.data  # each thread keeps its own
+    huge = _scratch.take("test-huge", (_scratch.MAX_KEPT_BYTES // 8 + 1,), np.float64)
+    assert _scratch.kept_bytes() < _scratch.MAX_KEPT_BYTES  # not kept
+    del huge
+    polylstm_numba.release_scratch()
+    assert _scratch.kept_bytes() == 0
 
 
 @pytest.mark.skipif(not _barrier.available(), reason="the column split's barrier is Linux only")

@@ -34,6 +34,16 @@ def _version():
         return None
 
 
+def release_scratch() -> None:
+    """Let go of the scratch memory (packed weights, the backward's da, ...)
+    that the calling thread keeps from one call of the backend to the next
+    (``_scratch``: fresh memory costs a page fault per 4 KB page). Imports
+    no numba."""
+    from ._scratch import release
+
+    release()
+
+
 def _load():
     from ._backend import NumbaBackend
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from polylstm.backend import Backend, ForwardOutput, Gradients
 
-from . import _barrier, _blas_threads, _kernels, _packed, _pool
+from . import _barrier, _blas_threads, _kernels, _packed, _pool, _scratch
 
 #: Row blocks calling single-threaded BLAS beat one multi-threaded BLAS call
 #: per step up to this hidden size; above it every block streams a recurrent
@@ -525,7 +525,7 @@ class NumbaBackend(Backend):
             # T50-B256-H1024). Not with lengths: padded steps must stay zero.
             xw = gates
         else:
-            xw = np.empty((T, B, G), dtype)
+            xw = _scratch.take("xw", (T, B, G), dtype)
         if not rows:
             # w_hh.T as a view: BLAS reads it transposed, no copy (a copy of
             # a (4096, 1024) weight took 6 ms, a third of a T1-B64 forward).
@@ -537,13 +537,13 @@ class NumbaBackend(Backend):
             # packed recurrent product at every step. The weights are packed
             # straight from their (4H, .) layout; the unpacked arguments are
             # not read by PACKED products.
-            w_ih_t, w_ih_p = w_ih, _pack_transposed(w_ih)
-            w_hh_t, w_hh_p = w_hh, _pack_transposed(w_hh)
+            w_ih_t, w_ih_p = w_ih, _pack_transposed(w_ih, "w_ih_p")
+            w_hh_t, w_hh_p = w_hh, _pack_transposed(w_hh, "w_hh_p")
             if G != 4 * H:  # the tiles read the bias as wide as acc
                 b = np.concatenate((b, np.zeros(G - 4 * H, dtype)))
         else:
-            w_ih_t = _transposed(w_ih)  # (I, 4H)
-            w_hh_t = _transposed(w_hh)  # (H, 4H)
+            w_ih_t = _transposed(w_ih, "w_ih_t")  # (I, 4H)
+            w_hh_t = _transposed(w_hh, "w_hh_t")  # (H, 4H)
             # Not read (no PACKED products): placeholders of the right rank.
             w_ih_p = w_ih_t.reshape(1, I, 4 * H)
             w_hh_p = w_hh_t.reshape(1, H, 4 * H)
@@ -556,13 +556,15 @@ class NumbaBackend(Backend):
         """dy: (T, B, H)  dh_n, dc_n: (B, H). Returns Gradients."""
         T, B, I, H = tape.shape
         dtype = tape.x.dtype
-        alloc = np.zeros if tape.lengths is not None else np.empty  # as in forward
+        # Padded steps must be zero in da and hprev (the gradient products
+        # run over all steps); both live only in this call (``_scratch``).
+        alloc = _scratch.zeros if tape.lengths is not None else _scratch.take
         lengths = _lengths(tape.lengths, T, B)
         p = _peephole(tape.peephole, H, dtype)
         dh = dh_n.copy()
         dc = dc_n.copy()
-        da = alloc((T, B, 4 * H), dtype)
-        hprev = alloc((T, B, H), dtype)
+        da = alloc("da", (T, B, 4 * H), dtype)
+        hprev = alloc("hprev", (T, B, H), dtype)
         reverse = bool(tape.reverse)
         nthreads, rows, products = self._backward_plan(T, B, I, H, dtype)
         # dh_{t-1} = da_t @ w_hh lands in tmp: on the packed product, H
@@ -592,7 +594,7 @@ class NumbaBackend(Backend):
             blocks = _row_blocks(B, nthreads, products == "packed")
             dp = np.zeros((len(blocks), 3, H), dtype)
             w_hh = np.ascontiguousarray(tape.w_hh)
-            w_hh_p = _pack(w_hh) if packed else w_hh.reshape(1, 4 * H, H)
+            w_hh_p = _pack(w_hh, "w_hh_p") if packed else w_hh.reshape(1, 4 * H, H)
             _run_blocks(_kernels.backward_rows, blocks, nthreads, dy, w_hh, w_hh_p, p, lengths,
                         reverse, tape.h0, tape.c0, tape.y, tape.gates, tape.c, dh, dc, da, hprev,
                         dp, tmp, _PRODUCT[products], blas=products == "blas")
@@ -660,11 +662,12 @@ def _forward_columns(x, w_ih, w_hh, b, p, lengths, reverse, h, c, y, gates, ctap
     args = (x, np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh), np.ascontiguousarray(b),
             p, lengths, reverse, hbuf, c, y, gates, ctape,
             np.zeros(slices * (T + 1), np.int64), np.zeros(8, np.int64), edges,
-            np.empty((slices, gathered, I), dtype), np.empty((slices, gathered, H), dtype),
-            _packed.new_panels(slices * P, I, L, x).reshape(slices, P, I, L),
-            _packed.new_panels(slices * P, H, L, x).reshape(slices, P, H, L),
+            _scratch.take("w_rows_ih", (slices, gathered, I), dtype),
+            _scratch.take("w_rows_hh", (slices, gathered, H), dtype),
+            _scratch.take("w_ih_p", (slices, P, I, L), dtype),
+            _scratch.take("w_hh_p", (slices, P, H, L), dtype),
             np.empty((slices, G), dtype), np.empty((slices, 3 * U), dtype),
-            np.empty((slices, T, B, G), dtype), np.empty((slices, B, G), dtype),
+            _scratch.take("xw", (slices, T, B, G), dtype), np.empty((slices, B, G), dtype),
             np.empty((slices, G), dtype))
     _run_tasks([functools.partial(_kernels.forward_split, first, *args)
                 for first in range(slices)], nthreads, blas=False)
@@ -688,7 +691,7 @@ def _backward_columns(tape, dy, p, lengths, reverse, dh, dc, da, hprev, dp, nthr
     args = (dy, np.ascontiguousarray(tape.w_hh), p, lengths, reverse, tape.h0, tape.c0, tape.y,
             tape.gates, tape.c, dh, dc, da, hprev,
             np.zeros(slices * (2 * T + 1), np.int64), np.zeros(8, np.int64), edges,
-            _packed.new_panels(slices * P, 4 * H, L, dy).reshape(slices, P, 4 * H, L),
+            _scratch.take("w_hh_p", (slices, P, 4 * H, L), dtype),
             np.empty((slices, B, P * L), dtype), np.empty((slices, 4 * U), dtype),
             np.empty((slices, 4 * U), dtype), np.empty((slices, 3 * U), dtype), dp_k)
     _run_tasks([functools.partial(_kernels.backward_split, first, *args)
@@ -698,43 +701,57 @@ def _backward_columns(tape, dy, p, lengths, reverse, dh, dc, da, hprev, dp, nthr
         dp[0, :, u0:u1] = dp_k[j, :3 * (u1 - u0)].reshape(3, u1 - u0)
 
 
-def _pack(w, width=None):
-    """``_packed.pack`` of the (K, N) matrix w into a new (P, K, L) array
-    aligned to a cache line, L = ``width`` or ``_packed.PANEL`` of its dtype
-    (16 for float32, 8 for float64), P = N/L rounded up (zero columns pad
-    the last panel)."""
-    return _packed.packed(np.ascontiguousarray(w), width or _packed.PANEL_OF[w.dtype])
+def _pack(w, name, width=None):
+    """``_packed.pack`` of the (K, N) matrix w into (P, K, L) scratch
+    ``name`` (``_scratch``, aligned to a cache line), L = ``width`` or
+    ``_packed.PANEL`` of its dtype (16 for float32, 8 for float64), P = N/L
+    rounded up (zero columns pad the last panel)."""
+    K, N = w.shape
+    L = width or _packed.PANEL_OF[w.dtype]
+    wp = _scratch.take(name, (_packed.panels(N, L), K, L), w.dtype)
+    _packed.pack(np.ascontiguousarray(w), wp)
+    return wp
 
 
-def _pack_transposed(w):
-    """w.T packed for ``_packed.matmul``: (P, K, L) for w (N, K), L =
-    ``_packed.PANEL`` of its dtype, P = N/L rounded up, aligned to a cache
-    line; no transposed copy of w is made."""
-    return _packed.packed_transposed(np.ascontiguousarray(w), _packed.PANEL_OF[w.dtype])
+def _pack_transposed(w, name):
+    """w.T packed for ``_packed.matmul``: (P, K, L) scratch ``name`` for w
+    (N, K), L = ``_packed.PANEL`` of its dtype, P = N/L rounded up, aligned
+    to a cache line; no transposed copy of w is made."""
+    N, K = w.shape
+    L = _packed.PANEL_OF[w.dtype]
+    wp = _scratch.take(name, (_packed.panels(N, L), K, L), w.dtype)
+    _packed.pack_transposed(np.ascontiguousarray(w), wp, 0)
+    return wp
 
 
-def _transposed(w):
-    """w.T as a new C-contiguous (K, N) array, for w (N, K). Transposed in
+def _transposed(w, name):
+    """w.T as a C-contiguous (K, N) array, scratch ``name``, for w (N, K). Transposed in
     registers by ``_packed.pack_transposed`` (a single panel N wide) where N
     is a multiple of its block (8 float32, 4 float64 values; 4H always is in
     float64, for even H in float32): NumPy's copy of a transposed view
     took 0.7 ms for a (2000, 500) float32 weight and 30 ms for (4096, 1024),
     30% of a T1-B16-I500-H500 forward on the BLAS path."""
     N, K = w.shape
+    out = _scratch.take(name, (K, N), w.dtype)
     if N % (32 // w.itemsize):
-        return np.ascontiguousarray(w.T)
-    out = np.empty((K, N), w.dtype)
-    _packed.pack_transposed(np.ascontiguousarray(w), out.reshape(1, K, N), 0)
+        np.copyto(out, w.T)
+    else:
+        _packed.pack_transposed(np.ascontiguousarray(w), out.reshape(1, K, N), 0)
     return out
 
 
 def _pack_stacked(w_ih, w_hh, b):
-    """[w_ih.T; w_hh.T; b] (I+H+1, 4H) packed for ``_packed.matmul_wide``:
-    (P, I+H+1, L) aligned to a cache line, L = ``_packed.WIDE_PANEL`` of
-    the dtype (32 for float32, 16 for float64), P = 4H/L rounded up.
-    w_ih: (4H, I)  w_hh: (4H, H)  b: (4H,); ``_packed.packed_stacked``."""
-    return _packed.packed_stacked(np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh),
-                                  np.ascontiguousarray(b), _packed.WIDE_PANEL_OF[w_ih.dtype])
+    """[w_ih.T; w_hh.T; b] (I+H+1, 4H) packed for ``_packed.matmul_wide``
+    into scratch (``_scratch``): (P, I+H+1, L) aligned to a cache line,
+    L = ``_packed.WIDE_PANEL`` of the dtype (32 for float32, 16 for
+    float64), P = 4H/L rounded up. w_ih: (4H, I)  w_hh: (4H, H)  b: (4H,);
+    ``_packed.pack_stacked``."""
+    N, I = w_ih.shape
+    L = _packed.WIDE_PANEL_OF[w_ih.dtype]
+    wp = _scratch.take("w_p", (_packed.panels(N, L), I + w_hh.shape[1] + 1, L), w_ih.dtype)
+    _packed.pack_stacked(np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh),
+                         np.ascontiguousarray(b), wp)
+    return wp
 
 
 def _forward_output(y, h, c, gates, ctape, store):

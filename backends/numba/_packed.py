@@ -422,15 +422,24 @@ def packed_stacked(w_ih, w_hh, b, L):
     (x_t @ w_ih.T + h @ w_hh.T) + b, bit for bit."""
     N, I = w_ih.shape
     K = I + w_hh.shape[1]
-    P = (N + L - 1) // L
-    wp = new_panels(P, K + 1, L, w_ih)
+    wp = new_panels((N + L - 1) // L, K + 1, L, w_ih)
+    pack_stacked(w_ih, w_hh, b, wp)
+    return wp
+
+
+@njit(cache=True, nogil=True)
+def pack_stacked(w_ih, w_hh, b, wp):
+    """``packed_stacked`` into wp: (P, I+H+1, L), P = ``panels(N, L)``,
+    L = wp.shape[2] (the caller's buffer, aligned to ``ALIGN``)."""
+    N, I = w_ih.shape
+    K = I + w_hh.shape[1]
+    L = wp.shape[2]
     pack_transposed(w_ih, wp, 0)
     pack_transposed(w_hh, wp, I)
-    for p in range(P):
+    for p in range(wp.shape[0]):
         for j in range(L):
             n = p * L + j
             wp[p, K, j] = b[n] if n < N else 0
-    return wp
 
 
 @njit(cache=True, nogil=True)
