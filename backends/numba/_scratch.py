@@ -22,6 +22,7 @@ buffer; the pool's threads only write into what the caller took.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -42,21 +43,26 @@ def take(name: str, shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array of ``shape`` and ``dtype`` whose
     data starts on an ``ALIGN``-byte boundary, in this thread's kept buffer
     ``name`` (grown, or allocated and not kept past ``MAX_KEPT_BYTES``)."""
-    dtype = np.dtype(dtype)
-    count = 1
-    for extent in shape:
-        count *= int(extent)
-    nbytes = count * dtype.itemsize + ALIGN
     kept = getattr(_LOCAL, "buffers", None)
     if kept is None:
         kept = _LOCAL.buffers = {}
-    buffer = kept.get(name)
-    if buffer is None or buffer.nbytes < nbytes:
-        buffer = np.empty(nbytes, np.uint8)
-        if nbytes <= MAX_KEPT_BYTES:
-            kept[name] = buffer
-    skip = -buffer.ctypes.data % ALIGN
-    return buffer[skip:skip + count * dtype.itemsize].view(dtype).reshape(shape)
+    entry = kept.get(name)
+    # The same shape and dtype as the last take of this name (a repeated
+    # call): the same view again, ~0.2 us instead of ~1 us to slice one
+    # (0.5% of a T200-B1-I32-H64 forward, which takes three).
+    if entry is not None and entry[2] == (shape, dtype):
+        return entry[3]
+    dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
+    if entry is None or entry[0].nbytes < size + ALIGN:
+        buffer = np.empty(size + ALIGN, np.uint8)
+        # The offset of its first aligned byte, found once per buffer.
+        entry = (buffer, -buffer.ctypes.data % ALIGN)
+    buffer, skip = entry[:2]
+    view = buffer[skip:skip + size].view(dtype).reshape(shape)
+    if buffer.nbytes <= MAX_KEPT_BYTES:
+        kept[name] = (buffer, skip, (shape, dtype), view)
+    return view
 
 
 def zeros(name: str, shape, dtype) -> np.ndarray:
@@ -68,7 +74,7 @@ def zeros(name: str, shape, dtype) -> np.ndarray:
 
 def kept_bytes() -> int:
     """Bytes this thread keeps (for tests and curious users)."""
-    return sum(buffer.nbytes for buffer in getattr(_LOCAL, "buffers", {}).values())
+    return sum(entry[0].nbytes for entry in getattr(_LOCAL, "buffers", {}).values())
 
 
 def release() -> None:
