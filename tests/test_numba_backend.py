@@ -283,6 +283,31 @@ def test_pack_transposed_stacks_weights_along_k(dtype, H):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("H", [8, 5])
+def test_pack_stacked_over_an_earlier_packing_gives_the_same_bits(dtype, H):
+    # pack_stacked stores only what differs from the buffer's contents (the
+    # backend packs into memory kept from the last call): whatever the
+    # buffer held, the result is the packing, bit for bit, signed zeros
+    # and NaNs included.
+    rng = np.random.default_rng(5)
+    w_ih = rng.standard_normal((4 * H, 9)).astype(dtype)
+    w_hh = rng.standard_normal((4 * H, H)).astype(dtype)
+    b = rng.standard_normal(4 * H).astype(dtype)
+    width = _packed.WIDE_PANEL[dtype]
+    want = _packed.packed_stacked(w_ih, w_hh, b, width)
+    for before in (np.full_like(want, np.nan), -want, want.copy(), np.zeros_like(want)):
+        wp = before.copy()
+        _packed.pack_stacked(w_ih, w_hh, b, wp)
+        assert wp.tobytes() == want.tobytes()
+    w_ih[0, :3] = (0.0, -0.0, np.nan)  # over a packing of 0.0, 0.0 and a number
+    b[1] = -0.0
+    want = _packed.packed_stacked(w_ih, w_hh, b, width)
+    wp = _packed.packed_stacked(np.abs(np.nan_to_num(w_ih)), w_hh, np.abs(b), width)
+    _packed.pack_stacked(w_ih, w_hh, b, wp)
+    assert wp.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("N, K, panel", [(32, 5, "narrow"), (64, 37, "wide"), (512, 128, "wide"),
                                          (256, 64, "narrow"), (16, 8, "narrow"), (96, 19, "narrow"),
                                          (40, 9, "narrow"), (100, 37, "wide"), (7, 3, "wide")])

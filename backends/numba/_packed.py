@@ -39,6 +39,8 @@ editing this module, delete ``__pycache__`` here (or touch ``_kernels.py``),
 or the cached kernels keep the old version of ``matmul`` compiled in.
 """
 
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -250,14 +252,19 @@ def pack(w, wp):
                 wp[p, k, j] = w[k, n] if n < N else 0
 
 
-def _transpose_intrinsic():
+def _transpose_intrinsic(only_changed=False):
     """An intrinsic ``transpose_block(w, j0, k0, wp, p, k1, jp)``: for
     C-contiguous w (N, K) and wp (P, K', L) of one float dtype and n = 8
     (float32) or 4 (float64) lanes of a 256-bit vector,
     wp[p, k1 + k, jp + j] = w[j0 + j, k0 + k] for j, k in 0..n-1: an n x n
     block transposed in registers (n row loads, a shuffle network of
     log2(n) stages, n stores). The scalar copy loop it replaces gathered
-    each output vector one value per source row."""
+    each output vector one value per source row.
+
+    ``only_changed``: each output vector is stored only where its bits
+    differ from what wp holds (a load, a compare and a branch first), so
+    that packing the same weights into the same buffer again writes
+    nothing: see ``pack_stacked``."""
 
     def butterfly(builder, vectors, n):
         """The n vectors (rows) of an n x n block, transposed (columns).
@@ -318,11 +325,22 @@ def _transpose_intrinsic():
                 rows.append(builder.load(ptr, align=align))
             columns = butterfly(builder, rows, n)
             panel = builder.mul(p_v, Kp)
+            bits = ir.VectorType(ir.IntType(32 if name == "float32" else 64), n)
             for k in range(n):
                 row = builder.add(panel, builder.add(k1_v, ir.Constant(i64, k)))
                 start = builder.add(builder.mul(row, L), jp_v)
                 ptr = builder.bitcast(builder.gep(WP.data, [start]), vec.as_pointer())
-                builder.store(columns[k], ptr, align=align)
+                if not only_changed:
+                    builder.store(columns[k], ptr, align=align)
+                    continue
+                # Compared as bits: NaNs and signed zeros count as they are.
+                old = builder.bitcast(builder.load(ptr, align=align), bits)
+                new = builder.bitcast(columns[k], bits)
+                differ = builder.icmp_unsigned("!=", old, new)
+                mask = builder.bitcast(differ, ir.IntType(n))
+                changed = builder.icmp_unsigned("!=", mask, ir.Constant(ir.IntType(n), 0))
+                with builder.if_then(changed, likely=False):
+                    builder.store(columns[k], ptr, align=align)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -331,6 +349,7 @@ def _transpose_intrinsic():
 
 
 _transpose_block = _transpose_intrinsic()
+_transpose_block_if_changed = _transpose_intrinsic(only_changed=True)
 
 
 @njit(cache=True, nogil=True)
@@ -347,6 +366,13 @@ def pack_transposed(w, wp, k0):
     against 39 us (50 against 94 us inside a T100-B16 forward, whose
     previous call has evicted the weights from L2); I = H = 512, 0.47-0.89
     against 2.4-3.7 ms; I = 32, H = 64, 4 against 8 us."""
+    _pack_transposed(w, wp, k0, False)
+
+
+@njit(cache=True, nogil=True)
+def _pack_transposed(w, wp, k0, only_changed):
+    """``pack_transposed``; with ``only_changed``, storing only the values
+    whose bits differ from what wp holds (``_transpose_intrinsic``)."""
     N, K = w.shape
     L = wp.shape[2]
     n = 32 // w.itemsize
@@ -354,12 +380,15 @@ def pack_transposed(w, wp, k0):
     for p in range(N // L):
         for k in range(0, Kn, n):
             for j in range(0, L, n):
-                _transpose_block(w, p * L + j, k, wp, p, k0 + k, j)
+                if only_changed:
+                    _transpose_block_if_changed(w, p * L + j, k, wp, p, k0 + k, j)
+                else:
+                    _transpose_block(w, p * L + j, k, wp, p, k0 + k, j)
         rows = w[p * L:(p + 1) * L]
         for k in range(Kn, K):
             out = wp[p, k0 + k]
             for j in range(L):
-                out[j] = rows[j, k]
+                _put(out, j, rows[j, k], only_changed)
     if N % L:
         # The last panel, part columns of w, part zeros (at most one panel
         # of the call: copied one value at a time).
@@ -368,7 +397,16 @@ def pack_transposed(w, wp, k0):
         for k in range(K):
             out = wp[p, k0 + k]
             for j in range(L):
-                out[j] = rows[j, k] if j < N - p * L else 0
+                _put(out, j, rows[j, k] if j < N - p * L else 0, only_changed)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put(out, j, value, only_changed):
+    """out[j] = value; with ``only_changed`` only where it differs (as bits:
+    a NaN is always stored, -0.0 over 0.0 too)."""
+    if (not only_changed or out[j] != value
+            or math.copysign(1.0, out[j]) != math.copysign(1.0, value)):
+        out[j] = value
 
 
 #: Packed weights start on a cache-line boundary (64 bytes), so that no
@@ -430,16 +468,27 @@ def packed_stacked(w_ih, w_hh, b, L):
 @njit(cache=True, nogil=True)
 def pack_stacked(w_ih, w_hh, b, wp):
     """``packed_stacked`` into wp: (P, I+H+1, L), P = ``panels(N, L)``,
-    L = wp.shape[2] (the caller's buffer, aligned to ``ALIGN``)."""
+    L = wp.shape[2] (the caller's buffer, aligned to ``ALIGN``), storing
+    only values that differ from what wp holds.
+
+    Why: the backend packs into memory it keeps between calls
+    (``_scratch``), which both row-block threads of the last call have read,
+    so each line sits in both cores' caches. A store must first take the
+    line from the other core, and the other core then reads it back in its
+    first step: packing a T100-B16-I128-H128 forward's weights over its own
+    previous copy took ~166 us that way, against ~15 us into memory only
+    this core held. Weights that did not change since the last call (an
+    inference loop) now leave the buffer untouched, at the price of one
+    load and compare per stored vector when they did (a training step)."""
     N, I = w_ih.shape
     K = I + w_hh.shape[1]
     L = wp.shape[2]
-    pack_transposed(w_ih, wp, 0)
-    pack_transposed(w_hh, wp, I)
+    _pack_transposed(w_ih, wp, 0, True)
+    _pack_transposed(w_hh, wp, I, True)
     for p in range(wp.shape[0]):
         for j in range(L):
             n = p * L + j
-            wp[p, K, j] = b[n] if n < N else 0
+            _put(wp[p, K], j, b[n] if n < N else 0, True)
 
 
 @njit(cache=True, nogil=True)
