@@ -9,6 +9,7 @@ worker costs speed and never an answer.
 """
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -140,3 +141,43 @@ def test_calls_from_several_threads_compute_the_same_bits(spin, monkeypatch):
     assert len(results) == 40
     for y in results:
         assert y.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("spin", SPIN)
+def test_an_interrupted_caller_returns_only_once_no_task_runs(spin, monkeypatch):
+    # A KeyboardInterrupt between two of the caller's tasks (outside any
+    # task, where the pool cannot catch it): the call ends with it, but not
+    # while a pool thread still writes into the call's buffers, and no task
+    # starts after it.
+    pool = _pool.Pool(spin=spin)
+    caller = threading.get_ident()
+    started = threading.Event()
+    log = []
+
+    def slow(sync):
+        started.set()
+        time.sleep(0.05)
+        log.append("slow done")
+
+    def quick(sync):
+        assert started.wait(30)  # the pool thread holds the slow task
+        log.append("quick")
+
+    def late(sync):
+        log.append("late")
+
+    real_work = _pool._Job.work
+
+    def interrupted_work(job, sync):
+        if threading.get_ident() != caller:
+            return real_work(job, sync)
+        k = next(job._next_task)  # the caller's first task, then an interrupt
+        job.tasks[k](sync)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_pool._Job, "work", interrupted_work)
+    with pytest.raises(KeyboardInterrupt):
+        pool.run([quick, slow] + [late] * 3, 2)
+    assert log[:2] == ["quick", "slow done"]
+    time.sleep(0.01)
+    assert "late" not in log

@@ -40,6 +40,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -71,14 +72,22 @@ class _Job:
         self.number = number
         self.done = np.zeros(1, np.int64)
         self.errors = []
+        self.cancelled = False
+        # seated[s]: 1 while the pool thread in seat s may be running a task.
+        self.seated = np.zeros(max(workers, 1), np.int8)
         # next() on an itertools.count is atomic under the GIL: each task
         # and each worker seat is given out once.
         self._next_task = itertools.count()
         self._next_seat = itertools.count()
 
     def take_seat(self):
-        """Whether a pool thread may take part (at most ``workers`` do)."""
-        return next(self._next_seat) < self.workers
+        """The seat of a pool thread that takes part (at most ``workers``
+        do), or None."""
+        seat = next(self._next_seat)
+        if seat >= self.workers:
+            return None
+        self.seated[seat] = 1
+        return seat
 
     def work(self, sync):
         """Run tasks until none is left; how many this thread ran. A task's
@@ -86,7 +95,7 @@ class _Job:
         write into shared buffers: the call must not return while one runs)."""
         ran = 0
         for k in iter(self._next_task.__next__, None):
-            if k >= len(self.tasks):
+            if k >= len(self.tasks) or self.cancelled:
                 break
             try:
                 self.tasks[k](sync)
@@ -127,7 +136,17 @@ class Pool:
             return
         try:
             job = self._hand_out(tasks, threads - 1)
-            mine = job.work(self.sync)
+            try:
+                mine = job.work(self.sync)
+            except BaseException:
+                # Interrupted between tasks (a KeyboardInterrupt outside a
+                # task): no more tasks for anyone, and no return while a
+                # pool thread still writes into this call's buffers, which
+                # the next call may reuse (``_scratch``).
+                job.cancelled = True
+                while job.seated.any():
+                    time.sleep(1e-4)
+                raise
             self._wait_for_workers(job, len(tasks) - mine)
         finally:
             self._busy.release()
@@ -177,6 +196,8 @@ class Pool:
             job = self._job
             seen = job.number
             done, finished = job.done, 0
-            if job.take_seat():
+            seat = job.take_seat()
+            if seat is not None:
                 _affinity.keep_off(job.cpu, job.workers)
                 finished = job.work(self.sync)
+                job.seated[seat] = 0
