@@ -825,7 +825,8 @@ def test_threaded_kernels_release_the_gil():
     for dispatcher in (_kernels.forward_rows, _kernels.backward_rows,
                        _kernels.forward_blas, _kernels.backward_blas,
                        _kernels.input_gradient_rows, _kernels.weight_gradient,
-                       _kernels.bias_gradient, _kernels.forward_packed):
+                       _kernels.bias_gradient, _kernels.forward_packed,
+                       _kernels.forward_split, _kernels.backward_split):
         assert dispatcher.targetoptions.get("nogil") is True, dispatcher.py_func.__name__
 
 
