@@ -181,3 +181,12 @@ def test_an_interrupted_caller_returns_only_once_no_task_runs(spin, monkeypatch)
     assert log[:2] == ["quick", "slow done"]
     time.sleep(0.01)
     assert "late" not in log
+
+
+def test_the_linger_setting_is_read_in_microseconds_and_checked():
+    assert _pool._linger_ns_from_environment(None) == 1_000_000
+    assert _pool._linger_ns_from_environment("250") == 250_000
+    assert _pool._linger_ns_from_environment("0") == 0
+    for bad in ("-1", "1.5", "fast", ""):
+        with pytest.raises(ValueError, match="POLYLSTM_NUMBA_LINGER_US"):
+            _pool._linger_ns_from_environment(bad)

@@ -51,7 +51,21 @@ from . import _affinity, _barrier
 #: 1000. Long enough for the Python between two calls of a layer loop or a
 #: training step, short enough that an idle process stops spinning within
 #: a millisecond. Measured in docs/benchmarks.md ("A pool that lingers").
-LINGER_NS = 1000 * int(os.environ.get("POLYLSTM_NUMBA_LINGER_US", "1000"))
+def _linger_ns_from_environment(value):
+    """``POLYLSTM_NUMBA_LINGER_US`` (None: unset) in nanoseconds."""
+    if value is None:
+        return 1_000_000
+    try:
+        microseconds = int(value)
+    except ValueError:
+        microseconds = -1
+    if microseconds < 0:
+        raise ValueError("POLYLSTM_NUMBA_LINGER_US must be a whole number of microseconds, "
+                         f"0 or more, not {value!r}")
+    return 1000 * microseconds
+
+
+LINGER_NS = _linger_ns_from_environment(os.environ.get("POLYLSTM_NUMBA_LINGER_US"))
 
 #: The ``sync`` array for kernels run outside the pool (one thread): their
 #: ``_barrier.started`` writes here, where no worker looks.
