@@ -19,7 +19,8 @@ comes in that time reaches it in microseconds. It spins on the number that
 the call's first kernel publishes once its thread has released the GIL
 (``_barrier.started``), not on the call itself: a worker that asked for
 the GIL while the caller still held it would sleep in CPython's GIL wait
-and pay the wake-up anyway. The caller waits for the workers' tasks by
+and pay the wake-up anyway (for tasks that publish nothing, it goes
+``_barrier.STARTED_GRACE_NS`` after the call is handed out). The caller waits for the workers' tasks by
 spinning as well (``_barrier.wait_until``), on a count the workers add from
 GIL-free code. Past ``LINGER_NS`` the worker blocks on a condition, as an
 idle OpenMP or OpenBLAS worker does after its spin (GNU OpenMP spins a
@@ -46,11 +47,7 @@ import numpy as np
 
 from . import _affinity, _barrier
 
-#: How long a worker spins after a call's tasks before it blocks:
-#: ``POLYLSTM_NUMBA_LINGER_US`` microseconds (0: never spin), by default
-#: 1000. Long enough for the Python between two calls of a layer loop or a
-#: training step, short enough that an idle process stops spinning within
-#: a millisecond. Measured in docs/benchmarks.md ("A pool that lingers").
+
 def _linger_ns_from_environment(value):
     """``POLYLSTM_NUMBA_LINGER_US`` (None: unset) in nanoseconds."""
     if value is None:
@@ -65,6 +62,11 @@ def _linger_ns_from_environment(value):
     return 1000 * microseconds
 
 
+#: How long a worker spins after a call's tasks before it blocks:
+#: ``POLYLSTM_NUMBA_LINGER_US`` microseconds (0: never spin), by default
+#: 1000. Long enough for the Python between two calls of a layer loop or a
+#: training step, short enough that an idle process stops spinning within
+#: a millisecond. Measured in docs/benchmarks.md ("A pool that lingers").
 LINGER_NS = _linger_ns_from_environment(os.environ.get("POLYLSTM_NUMBA_LINGER_US"))
 
 #: The ``sync`` array for kernels run outside the pool (one thread): their
