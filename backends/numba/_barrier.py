@@ -92,38 +92,37 @@ _atomic_increment = _counter_intrinsic(_increment)
 _atomic_load = _counter_intrinsic(_load)
 
 
-@intrinsic
-def _atomic_add(typingctx, counter, amount):
-    """counter[0] += amount atomically (sequentially consistent), for a (k,)
-    int64 array."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
-        return None
-    sig = types.void(counter, types.int64)
+def _counter_update_intrinsic(emit):
+    """An intrinsic ``f(counter, value)`` for a (k,) int64 array and an
+    int64: ``emit(builder, pointer, value)`` with a pointer to counter[0]."""
 
-    def codegen(context, builder, signature, args):
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        pointer = builder.bitcast(array.data, ir.IntType(64).as_pointer())
-        builder.atomic_rmw("add", pointer, args[1], "seq_cst")
-        return context.get_dummy_value()
+    def typer(typingctx, counter, value):
+        if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+            return None
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            array = context.make_array(signature.args[0])(context, builder, args[0])
+            emit(builder, builder.bitcast(array.data, ir.IntType(64).as_pointer()), args[1])
+            return context.get_dummy_value()
+
+        return types.void(counter, types.int64), codegen
+
+    typer.__name__ = emit.__name__
+    return intrinsic(typer)
 
 
-@intrinsic
-def _atomic_store(typingctx, counter, value):
-    """counter[0] = value, written atomically with release ordering, for a
-    (k,) int64 array."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
-        return None
-    sig = types.void(counter, types.int64)
+def _add(builder, pointer, value):
+    """counter[0] += value atomically (sequentially consistent)."""
+    builder.atomic_rmw("add", pointer, value, "seq_cst")
 
-    def codegen(context, builder, signature, args):
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        pointer = builder.bitcast(array.data, ir.IntType(64).as_pointer())
-        builder.store_atomic(args[1], pointer, "release", 8)
-        return context.get_dummy_value()
 
-    return sig, codegen
+def _store(builder, pointer, value):
+    """counter[0] = value, written atomically with release ordering."""
+    builder.store_atomic(value, pointer, "release", 8)
+
+
+_atomic_add = _counter_update_intrinsic(_add)
+_atomic_store = _counter_update_intrinsic(_store)
 
 
 @intrinsic

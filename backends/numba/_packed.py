@@ -47,6 +47,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import _scratch
+
 #: Columns per panel, by element type: two 256-bit vectors (8 float32 or 4
 #: float64 lanes each), so a 6-row tile holds twelve vector accumulators in
 #: either precision.
@@ -415,8 +417,9 @@ def _put(out, j, value, only_changed):
 #: us with the packed weights at 0 or 32 bytes past a line, 202-210 us at 16
 #: or 48, which is where malloc had put them (np.empty gives 16-byte
 #: alignment). No measurable effect where the weight streams from L2/L3 (the
-#: fused forward at H >= 256: 0.97-1.03).
-ALIGN = 64
+#: fused forward at H >= 256: 0.97-1.03). The backend's kept buffers
+#: (``_scratch``) start on the same boundary.
+ALIGN = _scratch.ALIGN
 
 
 @njit(cache=True, nogil=True)
@@ -428,26 +431,6 @@ def new_panels(P, K, L, like):
     buffer = np.empty(n + ALIGN // size, like.dtype)
     skip = ((ALIGN - buffer.ctypes.data % ALIGN) % ALIGN) // size
     return buffer[skip:skip + n].reshape((P, K, L))
-
-
-@njit(cache=True, nogil=True)
-def packed(w, L):
-    """pack(w) into a new aligned (P, K, L) array, P = ``panels(N, L)``;
-    w: (K, N)."""
-    K, N = w.shape
-    wp = new_panels((N + L - 1) // L, K, L, w)
-    pack(w, wp)
-    return wp
-
-
-@njit(cache=True, nogil=True)
-def packed_transposed(w, L):
-    """w.T packed into a new aligned (P, K, L) array, P = ``panels(N, L)``,
-    for w (N, K) C-contiguous (``pack_transposed``)."""
-    N, K = w.shape
-    wp = new_panels((N + L - 1) // L, K, L, w)
-    pack_transposed(w, wp, 0)
-    return wp
 
 
 @njit(cache=True, nogil=True)
