@@ -73,12 +73,12 @@ def _row_steps(r0, r1, h, w_hh_t, w_hh_p, acc, T, product, sync):
 
 
 @njit(nogil=True)
-def _packed_steps(r0, r1, z, w_p, acc, T, sync):
-    """T fused products z @ w (packed) for rows r0..r1-1, as the packed rows
-    path does them (z = [x_t | h | 1], w = [w_ih.T; w_hh.T; b])."""
+def _packed_steps(r0, r1, x, zh, w_p, acc, sync):
+    """T fused products [x_t | zh] @ w (packed) for rows r0..r1-1, as the
+    packed rows path does them (zh = [h | 1], w = [w_ih.T; w_hh.T; b])."""
     _barrier.started(sync)  # as the backend's kernels: the pool's thread starts at once
-    for _ in range(T):
-        _packed.matmul_wide(z[r0:r1], w_p, acc[r0:r1])
+    for t in range(x.shape[0]):
+        _packed.matmul_wide_pair(x[t, r0:r1], zh[r0:r1], w_p, acc[r0:r1])
 
 
 @njit(nogil=True)
@@ -173,9 +173,9 @@ def breakdown(shape: bm.Shape, repeats: int):
         # and block.
         path = "rows, packed products"
         w_p = _backend._pack_stacked(inp.w_ih, inp.w_hh, inp.b)
-        z = np.zeros((B, I + H + 1), dt)
+        zh = np.zeros((B, H + 1), dt)
         proj = _median_ms(lambda: _backend._pack_stacked(inp.w_ih, inp.w_hh, inp.b), repeats)
-        rec = _median_ms(lambda: on_blocks(_packed_steps, z, w_p, acc, T), repeats)
+        rec = _median_ms(lambda: on_blocks(_packed_steps, inp.x, zh, w_p, acc), repeats)
         proj_name = "packing [w_ih.T; w_hh.T; b]"
         rec_name = "T fused products (input + recurrent)"
         rec_flops += proj_flops

@@ -210,6 +210,67 @@ def test_wide_packed_product_matches_a_float64_product(M, panels, dtype):
                           100 * M + panels + 7)
 
 
+# matmul_wide_pair: the same tilings, the left operand cut into two arrays
+# at every place (an empty first or second part included); the bits must be
+# those of matmul_wide on the joined operand (same sums in the same order).
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 6, 7, 9, 13, 38])
+@pytest.mark.parametrize("panels", [1, 3, 4])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_wide_product_of_two_arrays_is_the_product_of_them_joined(M, panels, dtype):
+    width = _packed.WIDE_PANEL[dtype]
+    K, N = 9, panels * width - 3
+    rng = np.random.default_rng(M * 10 + panels)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    w = rng.standard_normal((K, N)).astype(dtype)
+    wp = _backend._pack(w, "test", width)
+    joined = np.full((M, _packed.padded(N, width)), np.nan, dtype)
+    _packed.matmul_wide(a, wp, joined)
+    want = a.astype(np.float64) @ w.astype(np.float64)
+    tol = {"float32": 1e-5, "float64": 1e-13}[dtype] * 3 * np.abs(want).max()
+    assert np.abs(joined[:, :N] - want).max() <= tol
+    for cut in range(K + 1):
+        first, second = np.ascontiguousarray(a[:, :cut]), np.ascontiguousarray(a[:, cut:])
+        c = np.full_like(joined, np.nan)
+        _packed.matmul_wide_pair(first, second, wp, c)
+        np.testing.assert_array_equal(c, joined, err_msg=f"cut at {cut}")
+    # Rows of a block of a larger array (as x[t, r0:r1] in the forward).
+    big = np.zeros((M + 2, K), dtype)
+    big[1:M + 1] = a
+    c = np.full_like(joined, np.nan)
+    _packed.matmul_wide_pair(big[1:M + 1, :4].copy(), big[1:M + 1, 4:].copy(), wp, c)
+    np.testing.assert_array_equal(c, joined)
+
+
+def test_packed_tiles_refuse_arrays_whose_rows_are_not_contiguous():
+    # The tiles walk rows with a stride of the row length: a strided view
+    # would be read wrong, so it must not compile.
+    a = np.ones((4, 8), np.float32)
+    wp = _backend._pack(np.ones((4, 64), np.float32), "test", 32)
+    c = np.zeros((4, 64), np.float32)
+    with pytest.raises(Exception, match="C-contiguous"):
+        _packed.matmul_wide_pair(a[:, ::2], a[:, ::2], wp, c)
+    with pytest.raises(Exception, match="C-contiguous"):
+        _packed.matmul_wide(a[:, ::2], wp, c)
+
+
+def test_packed_products_refuse_operands_of_inconsistent_shapes():
+    wp = _backend._pack(np.ones((8, 64), np.float32), "test", 32)  # (2, 8, 32)
+    a = np.ones((4, 8), np.float32)
+    c = np.zeros((4, 64), np.float32)
+    _packed.matmul_wide(a, wp, c)
+    np.testing.assert_array_equal(c, 8)
+    for bad_a, bad_c in ((a[:, :7].copy(), c), (a, c[:3].copy()), (a, c[:, :48].copy())):
+        with pytest.raises(ValueError, match="inconsistent shapes"):
+            _packed.matmul_wide(bad_a, wp, bad_c)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        _packed.matmul_wide_pair(a[:, :3].copy(), a[:, :3].copy(), wp, c)
+    with pytest.raises(ValueError, match="different row counts"):
+        _packed.matmul_wide_pair(a[:, :3].copy(), a[:3, 3:].copy(), wp, c)
+    narrow = _backend._pack(np.ones((8, 32), np.float32), "test")  # (2, 8, 16)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        _packed.matmul(a[:, :5].copy(), narrow, c)
+
+
 # Every tile of matmul_few: 1-3 rows, panel counts with 0-3 panels beyond
 # its groups (4 panels for one row, 2 for more), in both directions, with and
 # without the start from c0 + b.

@@ -507,11 +507,11 @@ class NumbaBackend(Backend):
             # product writes whole panels: acc has 4H columns rounded up to
             # the panel width (the gates read the first 4H).
             w_p = _pack_stacked(w_ih, w_hh, b)
-            z = np.empty((B, I + H + 1), dtype)
+            zh = np.empty((B, H + 1), dtype)
             acc = np.empty((B, _packed.padded(4 * H, w_p.shape[2])), dtype)
             _run_blocks(_without_block_index(_kernels.forward_packed),
                         _row_blocks(B, nthreads, whole=True), nthreads,
-                        x, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc, blas=False)
+                        x, w_p, p, lengths, reverse, h, c, y, gates, ctape, zh, acc, blas=False)
             return _forward_output(y, h, c, gates, ctape, store)
         # The packed products write whole panels: their outputs (the
         # projection xw, and acc, which starts from xw and b) have G columns,

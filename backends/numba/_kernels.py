@@ -351,41 +351,45 @@ def forward_rows(r0, r1, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, rever
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
-def forward_packed(r0, r1, x, w_p, p, lengths, reverse, h, c, y, gates, ctape, z, acc, sync):
+def forward_packed(r0, r1, x, w_p, p, lengths, reverse, h, c, y, gates, ctape, zh, acc, sync):
     """Whole forward for batch rows r0..r1-1 on the packed kernel, the input
     projection and the bias fused into the per-step product (GIL released:
     one row block per thread).
 
-    Each step multiplies z = [x_t | h_{t-1} | 1] (rows, I+H+1) by the
-    stacked weight [w_ih.T; w_hh.T; b] (I+H+1, 4H), packed once per call:
+    Each step multiplies [x_t | h_{t-1} | 1] (rows, I+H+1) by the stacked
+    weight [w_ih.T; w_hh.T; b] (I+H+1, 4H), packed once per call:
     w_p = ``_packed.packed_stacked``, (P, I+H+1, L),
-    L = ``_packed.WIDE_PANEL`` (``_packed.matmul_wide``), P = 4H/L rounded up.
+    L = ``_packed.WIDE_PANEL`` (``_packed.matmul_wide_pair``: x_t is read
+    where it lies, [h_{t-1} | 1] from zh), P = 4H/L rounded up.
     No (T, B, 4H) projection buffer is written and read back: at
     T100-B64-H512 that buffer is 52 MB, beyond L3, first touched (page
     faults) on every call. The bias row costs one multiply-add per output
     in the product instead of a pass of its own over the pre-activations,
     with the same bits (see ``packed_stacked``).
 
-    x: (T, B, I)   z: (B, I+H+1) scratch   acc: (B, PL) scratch (the gates
-    read its first 4H columns).   sync: (2,) int64, the thread pool's
-    (``_pool``), where the kernel first publishes that it has begun
-    (``_barrier.started``), as every kernel the pool runs does.
-    Other arguments as ``_forward_steps``.
+    x: (T, B, I)   zh: (B, H+1) scratch: during the loop the state h lives
+    in zh[:, :H], where the gate pass writes h_t for the next step's product
+    (copying h into a joined operand at every step took ~37 us of a
+    T100-B8-I128-H128 forward's 2.16 ms on one thread); h gets it back at
+    the end.   acc: (B, PL) scratch (the gates read its first 4H columns).
+    sync: (2,) int64, the thread pool's (``_pool``), where the kernel first
+    publishes that it has begun (``_barrier.started``), as every kernel the
+    pool runs does. Other arguments as ``_forward_steps``.
     """
     _barrier.started(sync)
-    T, B, I = x.shape
+    T = x.shape[0]
     H = h.shape[1]
     keep = gates.shape[0] == T
-    z[r0:r1, I + H] = 1
+    zh[r0:r1, :H] = h[r0:r1]
+    zh[r0:r1, H] = 1
     for s in range(T):
         t = T - 1 - s if reverse else s
         tt = t if keep else 0
-        z[r0:r1, :I] = x[t, r0:r1]
-        z[r0:r1, I:I + H] = h[r0:r1]
-        _packed.matmul_wide(z[r0:r1], w_p, acc[r0:r1])
+        _packed.matmul_wide_pair(x[t, r0:r1], zh[r0:r1], w_p, acc[r0:r1])
         for r in range(r0, r1):
             if t < lengths[r]:
-                _gate_row(acc[r], p, h[r], c[r], y[t, r], gates[tt, r], ctape[tt, r], keep)
+                _gate_row(acc[r], p, zh[r, :H], c[r], y[t, r], gates[tt, r], ctape[tt, r], keep)
+    h[r0:r1] = zh[r0:r1, :H]
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")

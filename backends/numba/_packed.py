@@ -62,13 +62,12 @@ WIDE_PANEL = {name: 2 * width for name, width in PANEL.items()}
 WIDE_PANEL_OF = {np.dtype(name): width for name, width in WIDE_PANEL.items()}
 
 
-def _tile_intrinsic(rows, panels=1, start=False, wide=False):
+def _tile_intrinsic(rows, panels=1, start=False, wide=False, two_sources=False):
     """An intrinsic ``tile(a, m0, wp, p, c)``: for each of the ``panels``
     panels q = p .. p+panels-1, c[m0:m0+rows, qL:qL+L] = a[m0:m0+rows, :] @ wp[q],
     for C-contiguous a (M, K), wp (P, K, L), c (M, N) of one float dtype,
     L = PANEL[dtype]. The tile keeps 2 * rows * panels vector accumulators in
-    registers for the whole K loop. K >= 1 (the callers never pass an empty
-    product).
+    registers for the whole K loop. K = 0 gives zeros (or c0 + b below).
 
     With ``start``, ``tile(a, m0, wp, p, c, c0, b, from_c0)``: when the
     runtime flag ``from_c0`` is true the accumulators start from
@@ -78,25 +77,39 @@ def _tile_intrinsic(rows, panels=1, start=False, wide=False):
     either way (a few vectors per tile), so they must be valid arrays of
     those shapes.
 
+    With ``two_sources``, ``tile(a, a2, m0, wp, p, c)``: the left operand is
+    [a | a2] (M, K1 + K2) without being copied into one array, for a
+    (M, K1) and a2 (M, K2) whose rows are contiguous (C order, or a block
+    of rows of such an array), wp (P, K1 + K2, L): one K loop over a's
+    columns, then one over a2's, on the same accumulators, so the sums are
+    those of the one-array tile, in the same order, bit for bit.
+
     With ``wide``, the vectors have twice the lanes (512 bits) and
     L = WIDE_PANEL[dtype]."""
 
-    def typed(a, wp, c, start_args):
+    def typed(sources, wp, c, start_args):
         """(signature, codegen) of the tile for these argument types."""
-        operands = (a, wp, c) + start_args
+        sources = tuple(sources)
+        operands = sources + (wp, c) + start_args
         flag = (types.boolean,) if start_args else ()
-        sig = types.void(a, types.intp, wp, types.intp, c, *start_args, *flag)
+        sig = types.void(*sources, types.intp, wp, types.intp, c, *start_args, *flag)
         dtypes = {str(getattr(t, "dtype", "")) for t in operands}
         if len(dtypes) != 1 or next(iter(dtypes)) not in PANEL:
             raise TypeError(f"tile: the arrays must share a float32 or float64 dtype, got {dtypes}")
+        if any(t.layout != "C" for t in sources + (wp, c)):
+            # The rows are walked with a stride of the row length.
+            raise TypeError("tile: a, wp and c must be C-contiguous, got "
+                            f"{[t.layout for t in sources + (wp, c)]}")
         name = next(iter(dtypes))
         lanes = _LANES[name] * (2 if wide else 1)
         panel_width = 2 * lanes
+        n_sources = len(sources)
 
         def codegen(context, builder, signature, args):
-            a_v, m0_v, wp_v, p_v, c_v = args[:5]
-            aty, _, wpty, _, cty = signature.args[:5]
-            A = context.make_array(aty)(context, builder, a_v)
+            source_values = args[:n_sources]
+            m0_v, wp_v, p_v, c_v = args[n_sources:n_sources + 4]
+            wpty, _, cty = signature.args[n_sources + 1:n_sources + 4]
+            extra = args[n_sources + 4:]
             W = context.make_array(wpty)(context, builder, wp_v)
             C = context.make_array(cty)(context, builder, c_v)
             element = ir.FloatType() if name == "float32" else ir.DoubleType()
@@ -107,11 +120,18 @@ def _tile_intrinsic(rows, panels=1, start=False, wide=False):
             def const(value):
                 return ir.Constant(i64, value)
 
-            K = builder.extract_value(A.shape, 1)
+            # Per source: its rows' start pointers and its column count.
+            segments = []
+            for aty, a_v in zip(signature.args[:n_sources], source_values):
+                A = context.make_array(aty)(context, builder, a_v)
+                K_source = builder.extract_value(A.shape, 1)
+                row_pointers = [
+                    builder.gep(A.data, [builder.mul(builder.add(m0_v, const(i)), K_source)])
+                    for i in range(rows)]
+                segments.append((row_pointers, K_source))
             N = builder.extract_value(C.shape, 1)
-            a_rows = [builder.gep(A.data, [builder.mul(builder.add(m0_v, const(i)), K)])
-                      for i in range(rows)]
-            panel_size = builder.mul(K, const(panel_width))
+            K_panel = builder.extract_value(W.shape, 1)
+            panel_size = builder.mul(K_panel, const(panel_width))
             panel_starts = [
                 builder.gep(W.data, [builder.mul(builder.add(p_v, const(q)), panel_size)])
                 for q in range(panels)]
@@ -135,68 +155,90 @@ def _tile_intrinsic(rows, panels=1, start=False, wide=False):
                         vectors.append(builder.bitcast(target, vec.as_pointer()))
                 return vectors
 
-            starts = [zero] * (2 * rows * panels)
+            def k_loop(a_rows, count, first_k, accs_in):
+                """The accumulators after adding a[:, k] * wp[q, first_k + k]
+                for k = 0..count-1 (a_rows: the tile's row pointers)."""
+                entry = builder.block
+                loop = builder.append_basic_block("k_loop")
+                done = builder.append_basic_block("k_done")
+                builder.cbranch(builder.icmp_signed(">", count, const(0)), loop, done)
+                builder.position_at_end(loop)
+                k = builder.phi(i64)
+                k.add_incoming(const(0), entry)
+                # accs[(i * panels + q) * 2 + h]: row i, panel q, half h of the panel.
+                accs = [builder.phi(vec) for _ in accs_in]
+                for acc, value in zip(accs, accs_in):
+                    acc.add_incoming(value, entry)
+                offset = builder.mul(builder.add(first_k, k), const(panel_width))
+                w_halves = []
+                for panel_start in panel_starts:
+                    wk = builder.gep(panel_start, [offset])
+                    low = builder.bitcast(wk, vec.as_pointer())
+                    w_halves.append(builder.load(low, align=align))
+                    high = builder.bitcast(builder.gep(wk, [const(lanes)]), vec.as_pointer())
+                    w_halves.append(builder.load(high, align=align))
+                new = []
+                for i in range(rows):
+                    aik = builder.load(builder.gep(a_rows[i], [k]))
+                    broadcast = builder.shuffle_vector(
+                        builder.insert_element(undef, aik, ir.Constant(i32, 0)), undef, splat)
+                    for h, w_half in enumerate(w_halves):
+                        new.append(builder.call(fma, [broadcast, w_half, accs[2 * i * panels + h]]))
+                k_next = builder.add(k, const(1))
+                body_end = builder.block
+                k.add_incoming(k_next, body_end)
+                for acc, value in zip(accs, new):
+                    acc.add_incoming(value, body_end)
+                builder.cbranch(builder.icmp_signed("<", k_next, count), loop, done)
+                builder.position_at_end(done)
+                out = []
+                for before, after in zip(accs_in, new):
+                    result = builder.phi(vec)
+                    result.add_incoming(before, entry)
+                    result.add_incoming(after, body_end)
+                    out.append(result)
+                return out
+
+            accs = [zero] * (2 * rows * panels)
             if start:
-                C0 = context.make_array(signature.args[5])(context, builder, args[5])
-                Bias = context.make_array(signature.args[6])(context, builder, args[6])
-                from_c0 = args[7]
+                C0 = context.make_array(signature.args[n_sources + 4])(context, builder, extra[0])
+                Bias = context.make_array(signature.args[n_sources + 5])(context, builder, extra[1])
+                from_c0 = extra[2]
                 bias = [builder.load(ptr, align=align)
                         for ptr in row_vectors(Bias.data, const(0))]
-                starts = []
+                accs = []
                 for i in range(rows):
                     row_start = builder.mul(builder.add(m0_v, const(i)), N)
-                    starts += [builder.select(from_c0, builder.fadd(
+                    accs += [builder.select(from_c0, builder.fadd(
                         builder.load(ptr, align=align), bias_vector), zero)
-                               for ptr, bias_vector in zip(row_vectors(C0.data, row_start), bias)]
+                             for ptr, bias_vector in zip(row_vectors(C0.data, row_start), bias)]
 
-            entry = builder.block
-            loop = builder.append_basic_block("k_loop")
-            done = builder.append_basic_block("k_done")
-            builder.branch(loop)
-            builder.position_at_end(loop)
-            k = builder.phi(i64)
-            k.add_incoming(const(0), entry)
-            # accs[(i * panels + q) * 2 + h]: row i, panel q, half h of the panel.
-            accs = [builder.phi(vec) for _ in range(2 * rows * panels)]
-            for acc, value in zip(accs, starts):
-                acc.add_incoming(value, entry)
-            offset = builder.mul(k, const(panel_width))
-            w_halves = []
-            for panel_start in panel_starts:
-                wk = builder.gep(panel_start, [offset])
-                w_halves.append(builder.load(builder.bitcast(wk, vec.as_pointer()), align=align))
-                high = builder.bitcast(builder.gep(wk, [const(lanes)]), vec.as_pointer())
-                w_halves.append(builder.load(high, align=align))
-            new = []
-            for i in range(rows):
-                aik = builder.load(builder.gep(a_rows[i], [k]))
-                broadcast = builder.shuffle_vector(
-                    builder.insert_element(undef, aik, ir.Constant(i32, 0)), undef, splat)
-                for h, w_half in enumerate(w_halves):
-                    new.append(builder.call(fma, [broadcast, w_half, accs[2 * i * panels + h]]))
-            k_next = builder.add(k, const(1))
-            body_end = builder.block
-            k.add_incoming(k_next, body_end)
-            for acc, value in zip(accs, new):
-                acc.add_incoming(value, body_end)
-            builder.cbranch(builder.icmp_signed("<", k_next, K), loop, done)
-            builder.position_at_end(done)
+            first_k = const(0)
+            for a_rows, K_source in segments:
+                accs = k_loop(a_rows, K_source, first_k, accs)
+                first_k = builder.add(first_k, K_source)
             for i in range(rows):
                 row_start = builder.mul(builder.add(m0_v, const(i)), N)
                 for h, ptr in enumerate(row_vectors(C.data, row_start)):
-                    builder.store(new[2 * i * panels + h], ptr, align=align)
+                    builder.store(accs[2 * i * panels + h], ptr, align=align)
             return context.get_dummy_value()
 
         return sig, codegen
 
+    if start and two_sources:
+        raise ValueError("tile: start and two_sources together are not implemented")
     if start:
         @intrinsic
         def tile(typingctx, a, m0, wp, p, c, c0, b, from_c0):
-            return typed(a, wp, c, (c0, b))
+            return typed((a,), wp, c, (c0, b))
+    elif two_sources:
+        @intrinsic
+        def tile(typingctx, a, a2, m0, wp, p, c):
+            return typed((a, a2), wp, c, ())
     else:
         @intrinsic
         def tile(typingctx, a, m0, wp, p, c):
-            return typed(a, wp, c, ())
+            return typed((a,), wp, c, ())
     return tile
 
 
@@ -215,6 +257,11 @@ _wide6 = _tile_intrinsic(6, wide=True)
 _wide4 = _tile_intrinsic(4, wide=True)
 _wide1x3 = _tile_intrinsic(1, 3, wide=True)
 _wide1 = _tile_intrinsic(1, wide=True)
+# And with the left operand in two arrays (``matmul_wide_pair``).
+_pair6 = _tile_intrinsic(6, wide=True, two_sources=True)
+_pair4 = _tile_intrinsic(4, wide=True, two_sources=True)
+_pair1x3 = _tile_intrinsic(1, 3, wide=True, two_sources=True)
+_pair1 = _tile_intrinsic(1, wide=True, two_sources=True)
 # matmul_few: all of its 1-3 rows in one tile, so each weight vector loaded
 # feeds every row; (rows, panels) keeps 8-12 accumulators, and the leftover
 # panels go in one narrower tile. They can start from c0 + b (``start``).
@@ -488,6 +535,15 @@ def _row_tiles(M):
     return M6, M6 + 4 * n4
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _check_operands(K, M, wp, c):
+    """The tiles trust the shapes: a left operand of K columns and M rows
+    whose K differs from the packed weight's rows, or an output with fewer
+    rows or panel columns, would be read or written out of place."""
+    if K != wp.shape[1] or c.shape[0] < M or c.shape[1] < wp.shape[0] * wp.shape[2]:
+        raise ValueError("packed product: operands of inconsistent shapes")
+
+
 @njit(cache=True, nogil=True)
 def matmul(a, wp, c):
     """c (M, N) = a (M, K) @ w, where wp = pack(w); C-contiguous, one float
@@ -501,6 +557,7 @@ def matmul(a, wp, c):
     four 6-row and two 4-row tiles). Those 1-3 rows (for M <= 3 every row:
     a batch of one per thread) go one at a time in 1 x 6-panel tiles, which
     also keep twelve accumulators."""
+    _check_operands(a.shape[1], a.shape[0], wp, c)
     M = a.shape[0]
     M6, M4 = _row_tiles(M)
     P = wp.shape[0]
@@ -524,6 +581,7 @@ def matmul_wide(a, wp, c):
     columns per panel (twice PANEL), c as in ``matmul``. The same tiling:
     6- and 4-row tiles of one panel, the 1-3 rows left over in 1 x 3-panel
     tiles, then 1 x 1."""
+    _check_operands(a.shape[1], a.shape[0], wp, c)
     M = a.shape[0]
     M6, M4 = _row_tiles(M)
     P = wp.shape[0]
@@ -539,6 +597,36 @@ def matmul_wide(a, wp, c):
             _wide1x3(a, m0, wp, p, c)
         for p in range(P3, P):
             _wide1(a, m0, wp, p, c)
+
+
+@njit(cache=True, nogil=True)
+def matmul_wide_pair(a, a2, wp, c):
+    """``matmul_wide`` of [a | a2] (M, K1 + K2), for a (M, K1) and a2
+    (M, K2) with contiguous rows, without joining them: the same tiles,
+    each running over a's columns then a2's (``_tile_intrinsic``'s
+    ``two_sources``), so c holds the same bits as ``matmul_wide`` of the
+    joined array. wp: (P, K1 + K2, L). An LSTM step multiplies
+    [x_t | h_{t-1} | 1] this way straight from x: copying x_t into a joined
+    row buffer at every step took ~35 us of a T100-B8-I128-H128 forward's
+    2.16 ms on one thread (measured, 2026-11-29)."""
+    if a2.shape[0] != a.shape[0]:
+        raise ValueError("matmul_wide_pair: a and a2 have different row counts")
+    _check_operands(a.shape[1] + a2.shape[1], a.shape[0], wp, c)
+    M = a.shape[0]
+    M6, M4 = _row_tiles(M)
+    P = wp.shape[0]
+    if M4 > 0:
+        for p in range(P):
+            for m0 in range(0, M6, 6):
+                _pair6(a, a2, m0, wp, p, c)
+            for m0 in range(M6, M4, 4):
+                _pair4(a, a2, m0, wp, p, c)
+    P3 = P - P % 3
+    for m0 in range(M4, M):
+        for p in range(0, P3, 3):
+            _pair1x3(a, a2, m0, wp, p, c)
+        for p in range(P3, P):
+            _pair1(a, a2, m0, wp, p, c)
 
 
 def packable(dtype, N, K) -> bool:
@@ -594,7 +682,12 @@ def matmul_few(a, wp, c, c0, b, start, backwards):
     previous one touched last, still in L1. Measured on one Zen 4 core,
     float32, 1 x 64 @ 64 x 256 (64 KB of weight, twice L1): 758 ns for the
     hand-written product, 574 for 1 x 4-panel tiles in one direction, 482
-    alternating (at 256 KB, beyond L1's reach, all ~2.4 us)."""
+    alternating (at 256 KB, beyond L1's reach, all ~2.4 us).
+
+    Unlike the other products it does not check its operands' shapes: it
+    runs at every step of a latency-bound recurrence (a T200-B1-I32-H64
+    forward takes ~1 us per step, product and gates), and its callers pass
+    the shapes they packed."""
     M = a.shape[0]
     P = wp.shape[0]
     group = 4 if M == 1 else 2
