@@ -27,7 +27,8 @@ from polylstm_numpy import reference  # noqa: E402
 
 import polylstm_numba  # noqa: E402
 from polylstm_numba import (  # noqa: E402
-    _activations, _affinity, _backend, _barrier, _blas_threads, _kernels, _packed, _pool)
+    _activations, _affinity, _backend, _barrier, _blas_threads, _kernels, _packed, _pool,
+    _scratch)
 
 # The PyPI scipy wheels bundle an OpenBLAS, whose thread count the backend
 # sets; without one the row blocks fall back to the hand-written product.
@@ -618,6 +619,93 @@ def test_column_split_finishes_when_one_thread_does_every_piece(monkeypatch, thr
     got = _named(*_run(backend, inputs, case))
     for name in want:
         assert got[name].tobytes() == want[name].tobytes(), name
+
+
+# One-block forwards (batches of 1-3 rows on the packed product) whose input
+# projection a second thread computes ahead of the time loop: T not a
+# multiple of the spans, fewer steps than spans, one step; padded panels
+# (4H = 36, 12); lengths, reverse, peepholes.
+AHEAD_CASES = [
+    Case(T=37, B=1, I=5, H=9, lengths=True, peephole=True),
+    Case(T=20, B=3, I=7, H=8, reverse=True, lengths=True),
+    Case(T=5, B=2, I=3, H=3, reverse=True, peephole=True),
+    Case(T=1, B=1, I=2, H=4),
+]
+
+
+@pytest.mark.skipif(not _barrier.available(), reason="the threads' atomics are Linux only")
+@pytest.mark.skipif(not PACKED, reason="the packed products need scipy's OpenBLAS")
+@pytest.mark.parametrize("case", AHEAD_CASES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("order", ["pool", "recurrence first", "projection first",
+                                   "recurrence alone"])
+def test_projection_ahead_gives_the_bits_of_one_thread(monkeypatch, case, dtype, order):
+    # The time loop takes each span's projection piece itself where the
+    # other thread has not taken it, and waits only for a piece being
+    # computed: with the pool, with either role run to its end before the
+    # other starts, and with no projection thread at all, the results are
+    # those of the forward that projects every step first on one thread.
+    inputs = make_inputs(case, dtype)
+    h0, c0 = _initial_state(inputs, case)
+    monkeypatch.setattr(_backend.numba, "get_num_threads", lambda: 2)
+    backend = _backend.NumbaBackend("rows", row_products="packed")
+
+    def forward():
+        # The kept scratch poisoned first: a projection row or a packed
+        # weight that the call does not compute must not be read from the
+        # call before (which, as the first one, computed them all).
+        G = _packed.padded(4 * case.H, _packed.PANEL[dtype])
+        _scratch.take("xw", (case.T, case.B, G), dtype).fill(np.nan)
+        _backend._panels(inputs["w_ih"], "w_ih_p").fill(np.nan)
+        _backend._panels(inputs["w_hh"], "w_hh_p").fill(np.nan)
+        out = backend.forward(inputs["x"], inputs["w_ih"], inputs["w_hh"], inputs["b"], h0, c0,
+                              inputs["peephole"], inputs["lengths"], case.reverse, False)
+        return {"y": out.y, "h_n": out.h_n, "c_n": out.c_n}
+
+    monkeypatch.setattr(_backend, "PROJECTION_AHEAD_MIN_MACS", 1 << 62)
+    want = forward()
+    monkeypatch.setattr(_backend, "PROJECTION_AHEAD_MIN_MACS", 0)
+    roles = []
+    run_tasks = _backend._run_tasks
+
+    def recorded(tasks, nthreads, blas=True):
+        roles.append([task.args[-2] for task in tasks])
+        if order == "pool":
+            return run_tasks(tasks, nthreads, blas)
+        if order == "projection first":
+            tasks = tasks[::-1]
+        elif order == "recurrence alone":
+            tasks = tasks[:1]
+        for task in tasks:
+            task(_pool.UNPOOLED)
+
+    monkeypatch.setattr(_backend, "_run_tasks", recorded)
+    for _ in range(3):
+        got = forward()
+        for name in want:
+            assert got[name].tobytes() == want[name].tobytes(), (name, order)
+    assert roles == [[_kernels.RECURRENCE, _kernels.PROJECTION]] * 3
+
+
+@pytest.mark.skipif(not _barrier.available(), reason="the threads' atomics are Linux only")
+def test_projection_ahead_only_for_one_block_without_tape_and_two_threads(monkeypatch):
+    monkeypatch.setattr(_backend.numba, "get_num_threads", lambda: 2)
+    auto = _backend.NumbaBackend()
+    one_block = _backend._row_blocks(1, 1)
+    assert auto._projection_ahead(200, 1, 32, 64, one_block)
+    assert not auto._projection_ahead(200, 1, 32, 64, _backend._row_blocks(4, 2))
+    assert not auto._projection_ahead(100, 1, 32, 32, one_block)  # below the minimum
+    assert not _backend.NumbaBackend(threads=1)._projection_ahead(200, 1, 32, 64, one_block)
+    monkeypatch.setattr(_backend.numba, "get_num_threads", lambda: 1)
+    assert not auto._projection_ahead(200, 1, 32, 64, one_block)
+    # A forward with a tape projects on its own thread: the tasks would
+    # show here.
+    monkeypatch.setattr(_backend.numba, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(_backend, "_run_tasks", lambda *args, **kwargs: pytest.fail("tasks"))
+    inputs = make_inputs(Case(T=200, B=1, I=32, H=64), "float32")
+    h0 = np.zeros((1, 64), np.float32)
+    auto.forward(inputs["x"], inputs["w_ih"], inputs["w_hh"], inputs["b"], h0, h0, None, None,
+                 False, True)
 
 
 @pytest.mark.skipif(not _barrier.available(), reason="the column split's barrier is Linux only")

@@ -179,6 +179,16 @@ PARALLEL_MIN_MACS = 1 << 24
 #: blocks to share.
 BLOCK_ROWS = 4
 
+#: Spans of the time loop whose input projection a second thread computes
+#: ahead of a one-block forward (``NumbaBackend._projection_ahead``): T/16
+#: steps each (at least one), so that the loop's first span, which waits
+#: for the packing of w_ih and its own projection, is short.
+PROJECTION_SPANS = 16
+#: Below this many multiply-adds in its input projection (T*B*I*4H) a
+#: one-block forward computes the projection itself: handing pieces to a
+#: second thread costs a few microseconds.
+PROJECTION_AHEAD_MIN_MACS = 1 << 20
+
 
 @functools.lru_cache(maxsize=1024)
 def _row_blocks(B, nthreads, whole=False):
@@ -537,10 +547,23 @@ class NumbaBackend(Backend):
             # packed recurrent product at every step. The weights are packed
             # straight from their (4H, .) layout; the unpacked arguments are
             # not read by PACKED products.
-            w_ih_t, w_ih_p = w_ih, _pack_transposed(w_ih, "w_ih_p")
-            w_hh_t, w_hh_p = w_hh, _pack_transposed(w_hh, "w_hh_p")
             if G != 4 * H:  # the tiles read the bias as wide as acc
                 b = np.concatenate((b, np.zeros(G - 4 * H, dtype)))
+            if not store and self._projection_ahead(T, B, I, H, _row_blocks(B, nthreads)):
+                # One block on one thread: a second thread packs w_ih and
+                # projects the steps ahead of the time loop, which packs w_hh
+                # itself (``_kernels.forward_rows``, roles).
+                w_ih_p = _panels(w_ih, "w_ih_p")
+                w_hh_p = _panels(w_hh, "w_hh_p")
+                pieces = np.zeros(1 + min(T, PROJECTION_SPANS), np.int64)
+                args = (0, B, x, w_ih, w_ih_p, b, w_hh, w_hh_p, p, lengths, reverse, h, c, y,
+                        gates, ctape, xw, acc, _kernels.PACKED)
+                _run_tasks([functools.partial(_kernels.forward_rows, *args, role, pieces)
+                            for role in (_kernels.RECURRENCE, _kernels.PROJECTION)], 2,
+                           blas=False)
+                return _forward_output(y, h, c, gates, ctape, store)
+            w_ih_t, w_ih_p = w_ih, _pack_transposed(w_ih, "w_ih_p")
+            w_hh_t, w_hh_p = w_hh, _pack_transposed(w_hh, "w_hh_p")
         else:
             w_ih_t = _transposed(w_ih, "w_ih_t")  # (I, 4H)
             w_hh_t = _transposed(w_hh, "w_hh_t")  # (H, 4H)
@@ -549,8 +572,24 @@ class NumbaBackend(Backend):
             w_hh_p = w_hh_t.reshape(1, H, 4 * H)
         _run_blocks(_without_block_index(_kernels.forward_rows), _row_blocks(B, nthreads),
                     nthreads, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, reverse,
-                    h, c, y, gates, ctape, xw, acc, _PRODUCT[products], blas=products == "blas")
+                    h, c, y, gates, ctape, xw, acc, _PRODUCT[products], _kernels.ALONE,
+                    _NO_PIECES, blas=products == "blas")
         return _forward_output(y, h, c, gates, ctape, store)
+
+    def _projection_ahead(self, T, B, I, H, blocks):
+        """Whether a forward whose plan gives packed blocks of 1-3 rows,
+        ``blocks`` (``_row_blocks``), all in one, has a second thread compute the input
+        projection ahead of its time loop (``_kernels.forward_rows``'s
+        roles): where the settings allow two threads, the barrier's atomics
+        exist and the projection has at least ``PROJECTION_AHEAD_MIN_MACS``
+        multiply-adds. The caller asks only for forwards without a tape:
+        in a training step the backward that follows ends with
+        multi-threaded BLAS products, whose pool then holds the second core
+        (forward+backward 1.03-1.07x without this, at T200-B1-I32-H64,
+        T100-B2-I64-H64 and T100-B1-I128-H128)."""
+        allowed = self.threads if self.threads is not None else numba.get_num_threads()
+        return (len(blocks) == 1 and allowed >= 2 and _barrier.available()
+                and T * B * I * 4 * H >= PROJECTION_AHEAD_MIN_MACS)
 
     def backward(self, tape, dy, dh_n, dc_n):
         """dy: (T, B, H)  dh_n, dc_n: (B, H). Returns Gradients."""
@@ -623,6 +662,9 @@ class NumbaBackend(Backend):
 
 _PLANS = {}
 _PLANS_MAX = 4096
+
+#: ``forward_rows``'s pieces argument where it runs ALONE (not read).
+_NO_PIECES = np.zeros(1, np.int64)
 
 _PRODUCT = {"hand": _kernels.HAND, "blas": _kernels.BLAS, "packed": _kernels.PACKED}
 
@@ -717,11 +759,17 @@ def _pack_transposed(w, name):
     """w.T packed for ``_packed.matmul``: (P, K, L) scratch ``name`` for w
     (N, K), L = ``_packed.PANEL`` of its dtype, P = N/L rounded up, aligned
     to a cache line; no transposed copy of w is made."""
-    N, K = w.shape
-    L = _packed.PANEL_OF[w.dtype]
-    wp = _scratch.take(name, (_packed.panels(N, L), K, L), w.dtype)
+    wp = _panels(w, name)
     _packed.pack_transposed(np.ascontiguousarray(w), wp, 0)
     return wp
+
+
+def _panels(w, name):
+    """Scratch ``name`` for ``_pack_transposed(w, name)``, not yet packed:
+    (P, K, L) for w (N, K), as there."""
+    N, K = w.shape
+    L = _packed.PANEL_OF[w.dtype]
+    return _scratch.take(name, (_packed.panels(N, L), K, L), w.dtype)
 
 
 def _transposed(w, name):

@@ -23,6 +23,9 @@ Three ways to run the recurrence, chosen by the caller per call:
   different blocks never interact, so there is no per-step synchronisation
   and no BLAS thread pool (without the packed kernel, blocks of fewer than 4
   rows keep the hand-written product: measured faster for one-row blocks).
+  A batch of 1-3 rows on the packed product is one block on one thread;
+  in a forward without a tape a second thread then computes its input
+  projection ahead of the time loop (``forward_rows``'s roles).
   The threads are plain Python threads calling these GIL-free functions
   (see ``_backend``), not numba's ``parallel=True``: its OpenMP layer
   spin-waits, which on a 2-core machine shared with other work made one
@@ -279,9 +282,10 @@ def _gate_loop(a, p, hr, cr, yr):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates, ctape,
-                   acc, product):
-    """Time loop for batch rows r0..r1-1; ``product``: HAND, BLAS or PACKED.
+def _forward_steps(r0, r1, s0, s1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates,
+                   ctape, acc, product):
+    """Steps s0..s1-1 of the time loop (t = s, or T-1-s when ``reverse``)
+    for batch rows r0..r1-1; ``product``: HAND, BLAS or PACKED.
 
     xw: (T, B, 4H) input projection x @ w_ih.T.   b: (4H,) bias.
     w_hh_t: (H, 4H) = w_hh.T, C order; w_hh_p: ``_packed.pack(w_hh_t)``,
@@ -301,7 +305,7 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, 
     # projection and bias, so the gate pass needs no adding pass of its own
     # (at T200-B1-H64 that pass and its call were a third of the gate time).
     few = product == PACKED and r1 - r0 <= 3
-    for s in range(T):
+    for s in range(s0, s1):
         t = T - 1 - s if reverse else s
         tt = t if keep else 0
         if few:
@@ -317,9 +321,13 @@ def _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, 
                                   gates[tt, r], ctape[tt, r], keep)
 
 
+# Roles of a ``forward_rows`` call (its ``role`` argument).
+ALONE, RECURRENCE, PROJECTION = 0, 1, 2
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def forward_rows(r0, r1, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y,
-                 gates, ctape, xw, acc, product, sync):
+                 gates, ctape, xw, acc, product, role, pieces, sync):
     """Whole forward for batch rows r0..r1-1; releases the GIL so the caller
     runs one row block per thread.
 
@@ -337,17 +345,87 @@ def forward_rows(r0, r1, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, rever
     turns an efficient product over all steps into a weight streamed from
     L2 at every step). The input projection of all steps is done first, one
     product per step over the block's rows. ``sync``: as ``forward_packed``.
+
+    ``role`` ALONE: all of the above. Otherwise a second thread computes
+    the projection ahead of the time loop, which a one-block call (a batch
+    of 1-3 rows) runs on one thread while the other core idles: two calls,
+    one with ``role`` RECURRENCE, one with PROJECTION, on the same
+    arguments (r0 = 0, r1 = B, PACKED; w_ih_t and w_hh_t are then w_ih
+    (4H, I) and w_hh (4H, H), packed here into w_ih_p and w_hh_p). The
+    projection is pieces: piece 0 packs w_ih, piece q >= 1 projects the
+    steps of the time loop's q-th span (``pieces``: (1 + spans,) int64
+    zeros; ``_projection_piece``). The PROJECTION call takes every piece no
+    thread has taken yet, in order; the RECURRENCE call packs w_hh, then
+    before each span takes its piece if it is still free, or waits for the
+    thread that took it. So if the other thread starts late or never, the
+    RECURRENCE call does all the work itself, in the ALONE order, and waits
+    only on a piece being computed. Measured back to back against the
+    projection on the loop's thread (``benchmarks/numba_ab.py``, forward):
+    T200-B1-I32-H64 0.93-0.94x, T100-B2-I64-H64 0.80-0.82x, T100-B1-I128-H128
+    0.79x, T100-B3-I32-H64 0.87x.
     """
     _barrier.started(sync)
     T, B, I = x.shape
     G = xw.shape[2]
-    if r1 - r0 == B:  # all rows: (T*B, I) is one contiguous matrix, one product
-        multiply(x.reshape(T * B, I), w_ih_t, w_ih_p, xw.reshape(T * B, G), product, False)
-    else:
-        for t in range(T):
-            multiply(x[t, r0:r1], w_ih_t, w_ih_p, xw[t, r0:r1], product, False)
-    _forward_steps(r0, r1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates, ctape,
-                   acc, product)
+    if role == ALONE:
+        if r1 - r0 == B:  # all rows: (T*B, I) is one contiguous matrix, one product
+            multiply(x.reshape(T * B, I), w_ih_t, w_ih_p, xw.reshape(T * B, G), product, False)
+        else:
+            for t in range(T):
+                multiply(x[t, r0:r1], w_ih_t, w_ih_p, xw[t, r0:r1], product, False)
+        _forward_steps(r0, r1, 0, T, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates,
+                       ctape, acc, product)
+        return
+    spans = pieces.shape[0] - 1
+    if role == PROJECTION:
+        for q in range(spans + 1):
+            _projection_piece(q, False, x, w_ih_t, w_ih_p, xw, reverse, pieces)
+        return
+    _packed.pack_transposed(w_hh_t, w_hh_p, 0)
+    span = -(-T // spans)
+    for q in range(1, spans + 1):
+        _projection_piece(q, True, x, w_ih_t, w_ih_p, xw, reverse, pieces)
+        _forward_steps(r0, r1, (q - 1) * span, min(T, q * span), xw, b, w_hh_t, w_hh_p, p,
+                       lengths, reverse, h, c, y, gates, ctape, acc, product)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _projection_piece(q, wait, x, w_ih, w_ih_p, xw, reverse, pieces):
+    """Piece q of a projection computed ahead of the time loop
+    (``forward_rows``): if no thread has taken it (``_barrier.claim`` on
+    pieces[q]), compute it and mark it done (pieces[q] = 2); else, with
+    ``wait``, return once it is done. Piece 0 packs w_ih (4H, I) into
+    w_ih_p; piece q >= 1 needs piece 0 (taken or waited for first) and
+    writes xw[t] = x[t] @ w_ih.T for the steps s of span q - 1 (spans of
+    ceil(T / (len(pieces) - 1)) steps, t = s or T-1-s)."""
+    if q == 0:
+        _packing_piece(wait, w_ih, w_ih_p, pieces)
+        return
+    if not _barrier.claim(pieces, q):
+        if wait:
+            _barrier.wait_until(pieces[q:], 2)
+        return
+    _packing_piece(True, w_ih, w_ih_p, pieces)
+    T, B, I = x.shape
+    G = xw.shape[2]
+    span = -(-T // (pieces.shape[0] - 1))
+    s0 = (q - 1) * span
+    s1 = min(T, q * span)
+    t0, t1 = (T - s1, T - s0) if reverse else (s0, s1)
+    if t1 > t0:
+        _packed.matmul(x[t0:t1].reshape((t1 - t0) * B, I), w_ih_p,
+                       xw[t0:t1].reshape((t1 - t0) * B, G))
+    _barrier.finish(pieces[q:])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _packing_piece(wait, w_ih, w_ih_p, pieces):
+    """Piece 0 of ``_projection_piece``: w_ih (4H, I) packed into w_ih_p."""
+    if _barrier.claim(pieces, 0):
+        _packed.pack_transposed(w_ih, w_ih_p, 0)
+        _barrier.finish(pieces)
+    elif wait:
+        _barrier.wait_until(pieces, 2)
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
@@ -530,7 +608,7 @@ def forward_blas(x, w_ih, b, w_hh_t, p, lengths, reverse, h, c, y, gates, ctape,
     xw2 = xw.reshape(T * B, G)
     np.dot(x.reshape(T * B, I), w_ih.T, xw2)
     # No packed weight on this path: any array of rank 3 fills that place.
-    _forward_steps(0, B, xw, b, w_hh_t, xw, p, lengths, reverse, h, c, y, gates, ctape, acc,
+    _forward_steps(0, B, 0, T, xw, b, w_hh_t, xw, p, lengths, reverse, h, c, y, gates, ctape, acc,
                    BLAS)
 
 

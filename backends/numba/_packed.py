@@ -23,7 +23,10 @@ and each instruction feeds twice the multiply-adds. On Zen 4, which executes
 a 512-bit FMA as two 256-bit halves, a single-threaded product runs at the
 same 98-102 GFLOP/s either way, but the fused LSTM forward on two threads
 took 0.86-0.97x the time with it (docs/benchmarks.md; why the product alone
-does not show it was not measured), so that forward uses it.
+does not show it was not measured), so that forward uses it, through
+``matmul_wide_pair``: the same product with its left operand in two arrays
+([x_t | h_{t-1} | 1] read from x and from a [h | 1] buffer), so that no
+step copies x_t or h into a joined row.
 
 Any N: where the panel width does not divide it, the last panel is padded
 with zero columns, and the kernels, which write whole panels, write into an
