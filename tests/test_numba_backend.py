@@ -651,13 +651,11 @@ def test_projection_ahead_gives_the_bits_of_one_thread(monkeypatch, case, dtype,
     backend = _backend.NumbaBackend("rows", row_products="packed")
 
     def forward():
-        # The kept scratch poisoned first: a projection row or a packed
-        # weight that the call does not compute must not be read from the
-        # call before (which, as the first one, computed them all).
+        # The kept projection buffer poisoned first: a row that the call
+        # does not compute must not be read from the call before (which, as
+        # the first one, computed them all).
         G = _packed.padded(4 * case.H, _packed.PANEL[dtype])
         _scratch.take("xw", (case.T, case.B, G), dtype).fill(np.nan)
-        _backend._panels(inputs["w_ih"], "w_ih_p").fill(np.nan)
-        _backend._panels(inputs["w_hh"], "w_hh_p").fill(np.nan)
         out = backend.forward(inputs["x"], inputs["w_ih"], inputs["w_hh"], inputs["b"], h0, c0,
                               inputs["peephole"], inputs["lengths"], case.reverse, False)
         return {"y": out.y, "h_n": out.h_n, "c_n": out.c_n}

@@ -181,8 +181,8 @@ BLOCK_ROWS = 4
 
 #: Spans of the time loop whose input projection a second thread computes
 #: ahead of a one-block forward (``NumbaBackend._projection_ahead``): T/16
-#: steps each (at least one), so that the loop's first span, which waits
-#: for the packing of w_ih and its own projection, is short.
+#: steps each (at least one), so that the loop's first span, whose
+#: projection it waits for, is short.
 PROJECTION_SPANS = 16
 #: Below this many multiply-adds in its input projection (T*B*I*4H) a
 #: one-block forward computes the projection itself: handing pieces to a
@@ -547,23 +547,21 @@ class NumbaBackend(Backend):
             # packed recurrent product at every step. The weights are packed
             # straight from their (4H, .) layout; the unpacked arguments are
             # not read by PACKED products.
+            w_ih_t, w_ih_p = w_ih, _pack_transposed(w_ih, "w_ih_p")
+            w_hh_t, w_hh_p = w_hh, _pack_transposed(w_hh, "w_hh_p")
             if G != 4 * H:  # the tiles read the bias as wide as acc
                 b = np.concatenate((b, np.zeros(G - 4 * H, dtype)))
             if not store and self._projection_ahead(T, B, I, H, _row_blocks(B, nthreads)):
-                # One block on one thread: a second thread packs w_ih and
-                # projects the steps ahead of the time loop, which packs w_hh
-                # itself (``_kernels.forward_rows``, roles).
-                w_ih_p = _panels(w_ih, "w_ih_p")
-                w_hh_p = _panels(w_hh, "w_hh_p")
-                pieces = np.zeros(1 + min(T, PROJECTION_SPANS), np.int64)
-                args = (0, B, x, w_ih, w_ih_p, b, w_hh, w_hh_p, p, lengths, reverse, h, c, y,
-                        gates, ctape, xw, acc, _kernels.PACKED)
+                # One block on one thread: a second thread computes the input
+                # projection ahead of the time loop (``_kernels.forward_rows``,
+                # roles).
+                pieces = np.zeros(min(T, PROJECTION_SPANS), np.int64)
+                args = (0, B, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c,
+                        y, gates, ctape, xw, acc, _kernels.PACKED)
                 _run_tasks([functools.partial(_kernels.forward_rows, *args, role, pieces)
                             for role in (_kernels.RECURRENCE, _kernels.PROJECTION)], 2,
                            blas=False)
                 return _forward_output(y, h, c, gates, ctape, store)
-            w_ih_t, w_ih_p = w_ih, _pack_transposed(w_ih, "w_ih_p")
-            w_hh_t, w_hh_p = w_hh, _pack_transposed(w_hh, "w_hh_p")
         else:
             w_ih_t = _transposed(w_ih, "w_ih_t")  # (I, 4H)
             w_hh_t = _transposed(w_hh, "w_hh_t")  # (H, 4H)
@@ -759,17 +757,11 @@ def _pack_transposed(w, name):
     """w.T packed for ``_packed.matmul``: (P, K, L) scratch ``name`` for w
     (N, K), L = ``_packed.PANEL`` of its dtype, P = N/L rounded up, aligned
     to a cache line; no transposed copy of w is made."""
-    wp = _panels(w, name)
-    _packed.pack_transposed(np.ascontiguousarray(w), wp, 0)
-    return wp
-
-
-def _panels(w, name):
-    """Scratch ``name`` for ``_pack_transposed(w, name)``, not yet packed:
-    (P, K, L) for w (N, K), as there."""
     N, K = w.shape
     L = _packed.PANEL_OF[w.dtype]
-    return _scratch.take(name, (_packed.panels(N, L), K, L), w.dtype)
+    wp = _scratch.take(name, (_packed.panels(N, L), K, L), w.dtype)
+    _packed.pack_transposed(np.ascontiguousarray(w), wp, 0)
+    return wp
 
 
 def _transposed(w, name):

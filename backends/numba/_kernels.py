@@ -350,82 +350,58 @@ def forward_rows(r0, r1, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, rever
     the projection ahead of the time loop, which a one-block call (a batch
     of 1-3 rows) runs on one thread while the other core idles: two calls,
     one with ``role`` RECURRENCE, one with PROJECTION, on the same
-    arguments (r0 = 0, r1 = B, PACKED; w_ih_t and w_hh_t are then w_ih
-    (4H, I) and w_hh (4H, H), packed here into w_ih_p and w_hh_p). The
-    projection is pieces: piece 0 packs w_ih, piece q >= 1 projects the
-    steps of the time loop's q-th span (``pieces``: (1 + spans,) int64
-    zeros; ``_projection_piece``). The PROJECTION call takes every piece no
-    thread has taken yet, in order; the RECURRENCE call packs w_hh, then
-    before each span takes its piece if it is still free, or waits for the
-    thread that took it. So if the other thread starts late or never, the
-    RECURRENCE call does all the work itself, in the ALONE order, and waits
-    only on a piece being computed. Measured back to back against the
-    projection on the loop's thread (``benchmarks/numba_ab.py``, forward):
-    T200-B1-I32-H64 0.93-0.94x, T100-B2-I64-H64 0.80-0.82x, T100-B1-I128-H128
-    0.79x, T100-B3-I32-H64 0.87x.
+    arguments (r0 = 0, r1 = B, PACKED). The projection is pieces, one per
+    span of the time loop's steps (``pieces``: (spans,) int64 zeros; spans
+    of ceil(T / spans) steps). The PROJECTION call takes every piece that no
+    thread has taken yet (``_barrier.claim``), in order, and marks it done;
+    the RECURRENCE call, before each span, takes that span's piece if it is
+    still free, or waits for the thread that took it to mark it done. So if
+    the other thread starts late or never, the RECURRENCE call does all the
+    work itself, and it waits only on a piece being computed. Measured back
+    to back against the projection on the loop's thread
+    (``benchmarks/numba_ab.py``, forward): T200-B1-I32-H64 0.93-0.94x,
+    T100-B2-I64-H64 0.80-0.82x, T100-B1-I128-H128 0.79x, T100-B3-I32-H64
+    0.87x.
     """
     _barrier.started(sync)
-    T, B, I = x.shape
-    G = xw.shape[2]
-    if role == ALONE:
-        if r1 - r0 == B:  # all rows: (T*B, I) is one contiguous matrix, one product
-            multiply(x.reshape(T * B, I), w_ih_t, w_ih_p, xw.reshape(T * B, G), product, False)
-        else:
-            for t in range(T):
-                multiply(x[t, r0:r1], w_ih_t, w_ih_p, xw[t, r0:r1], product, False)
-        _forward_steps(r0, r1, 0, T, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y, gates,
-                       ctape, acc, product)
-        return
-    spans = pieces.shape[0] - 1
-    if role == PROJECTION:
-        for q in range(spans + 1):
-            _projection_piece(q, False, x, w_ih_t, w_ih_p, xw, reverse, pieces)
-        return
-    _packed.pack_transposed(w_hh_t, w_hh_p, 0)
+    T = x.shape[0]
+    spans = 1 if role == ALONE else pieces.shape[0]
     span = -(-T // spans)
-    for q in range(1, spans + 1):
-        _projection_piece(q, True, x, w_ih_t, w_ih_p, xw, reverse, pieces)
-        _forward_steps(r0, r1, (q - 1) * span, min(T, q * span), xw, b, w_hh_t, w_hh_p, p,
-                       lengths, reverse, h, c, y, gates, ctape, acc, product)
+    # One call site each of the projection and of the time loop for every
+    # role: numba compiles a callee again into its caller at each call site
+    # (a second call site of each made the first call of this kernel
+    # compile ~3 s longer).
+    for q in range(spans):
+        s0 = q * span
+        s1 = min(T, s0 + span)
+        if role == ALONE or _barrier.claim(pieces, q):
+            t0, t1 = (T - s1, T - s0) if reverse else (s0, s1)
+            _project(r0, r1, t0, t1, x, w_ih_t, w_ih_p, xw, product)
+            if role != ALONE:
+                _barrier.finish(pieces[q:])  # 1 -> 2: done, its rows of xw written
+        elif role == RECURRENCE:
+            _barrier.wait_until(pieces[q:], 2)
+        if role != PROJECTION:
+            _forward_steps(r0, r1, s0, s1, xw, b, w_hh_t, w_hh_p, p, lengths, reverse, h, c, y,
+                           gates, ctape, acc, product)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _projection_piece(q, wait, x, w_ih, w_ih_p, xw, reverse, pieces):
-    """Piece q of a projection computed ahead of the time loop
-    (``forward_rows``): if no thread has taken it (``_barrier.claim`` on
-    pieces[q]), compute it and mark it done (pieces[q] = 2); else, with
-    ``wait``, return once it is done. Piece 0 packs w_ih (4H, I) into
-    w_ih_p; piece q >= 1 needs piece 0 (taken or waited for first) and
-    writes xw[t] = x[t] @ w_ih.T for the steps s of span q - 1 (spans of
-    ceil(T / (len(pieces) - 1)) steps, t = s or T-1-s)."""
-    if q == 0:
-        _packing_piece(wait, w_ih, w_ih_p, pieces)
-        return
-    if not _barrier.claim(pieces, q):
-        if wait:
-            _barrier.wait_until(pieces[q:], 2)
-        return
-    _packing_piece(True, w_ih, w_ih_p, pieces)
+def _project(r0, r1, t0, t1, x, w_ih_t, w_ih_p, xw, product):
+    """xw[t, r0:r1] = x[t, r0:r1] @ w_ih_t for t = t0..t1-1 (``multiply``;
+    arguments as ``forward_rows``): one product over all those rows where
+    the block holds the whole batch (they are then contiguous), else one
+    per step."""
     T, B, I = x.shape
     G = xw.shape[2]
-    span = -(-T // (pieces.shape[0] - 1))
-    s0 = (q - 1) * span
-    s1 = min(T, q * span)
-    t0, t1 = (T - s1, T - s0) if reverse else (s0, s1)
-    if t1 > t0:
-        _packed.matmul(x[t0:t1].reshape((t1 - t0) * B, I), w_ih_p,
-                       xw[t0:t1].reshape((t1 - t0) * B, G))
-    _barrier.finish(pieces[q:])
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _packing_piece(wait, w_ih, w_ih_p, pieces):
-    """Piece 0 of ``_projection_piece``: w_ih (4H, I) packed into w_ih_p."""
-    if _barrier.claim(pieces, 0):
-        _packed.pack_transposed(w_ih, w_ih_p, 0)
-        _barrier.finish(pieces)
-    elif wait:
-        _barrier.wait_until(pieces, 2)
+    if t1 <= t0:
+        return
+    if r1 - r0 == B:
+        n = (t1 - t0) * B
+        multiply(x[t0:t1].reshape(n, I), w_ih_t, w_ih_p, xw[t0:t1].reshape(n, G), product, False)
+    else:
+        for t in range(t0, t1):
+            multiply(x[t, r0:r1], w_ih_t, w_ih_p, xw[t, r0:r1], product, False)
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
