@@ -370,6 +370,24 @@ def test_pack_stacked_over_an_earlier_packing_gives_the_same_bits(dtype, H):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("N, K", [(64, 16), (36, 9), (7, 3)])
+def test_pack_transposed_over_an_earlier_packing_gives_the_same_bits(dtype, N, K):
+    # The same for pack_transposed_over (the one-block forward's weights):
+    # whole 8 x 8 (4 x 4) blocks, leftover columns and a padded last panel.
+    rng = np.random.default_rng(N + K)
+    w = rng.standard_normal((N, K)).astype(dtype)
+    w[0, :3] = (0.0, -0.0, np.nan)
+    w[N - 1, K - 1] = -0.0
+    L = _packed.PANEL[dtype]
+    want = np.zeros((_packed.panels(N, L), K, L), dtype)
+    _packed.pack_transposed(w, want, 0)
+    for before in (np.full_like(want, np.nan), -want, want.copy(), np.zeros_like(want)):
+        wp = before.copy()
+        _packed.pack_transposed_over(w, wp, 0)
+        assert wp.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("N, K, panel", [(32, 5, "narrow"), (64, 37, "wide"), (512, 128, "wide"),
                                          (256, 64, "narrow"), (16, 8, "narrow"), (96, 19, "narrow"),
                                          (40, 9, "narrow"), (100, 37, "wide"), (7, 3, "wide")])

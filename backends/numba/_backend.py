@@ -760,7 +760,7 @@ def _pack_transposed(w, name):
     N, K = w.shape
     L = _packed.PANEL_OF[w.dtype]
     wp = _scratch.take(name, (_packed.panels(N, L), K, L), w.dtype)
-    _packed.pack_transposed(np.ascontiguousarray(w), wp, 0)
+    _packed.pack_transposed_over(np.ascontiguousarray(w), wp, 0)
     return wp
 
 

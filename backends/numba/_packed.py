@@ -422,6 +422,16 @@ def pack_transposed(w, wp, k0):
 
 
 @njit(cache=True, nogil=True)
+def pack_transposed_over(w, wp, k0):
+    """``pack_transposed`` into a wp that holds an earlier packing (memory
+    kept between calls), storing only the values whose bits differ from it
+    (see ``pack_stacked``): unchanged weights leave the buffer untouched,
+    so the lines that the threads of the last call read stay in their
+    caches."""
+    _pack_transposed(w, wp, k0, True)
+
+
+@njit(cache=True, nogil=True)
 def _pack_transposed(w, wp, k0, only_changed):
     """``pack_transposed``; with ``only_changed``, storing only the values
     whose bits differ from what wp holds (``_transpose_intrinsic``)."""
