@@ -756,7 +756,9 @@ def _pack(w, name, width=None):
 def _pack_transposed(w, name):
     """w.T packed for ``_packed.matmul``: (P, K, L) scratch ``name`` for w
     (N, K), L = ``_packed.PANEL`` of its dtype, P = N/L rounded up, aligned
-    to a cache line; no transposed copy of w is made."""
+    to a cache line; no transposed copy of w is made, and only the vectors
+    that differ from the last call's packing are stored
+    (``_packed.pack_transposed_over``)."""
     N, K = w.shape
     L = _packed.PANEL_OF[w.dtype]
     wp = _scratch.take(name, (_packed.panels(N, L), K, L), w.dtype)

@@ -359,18 +359,19 @@ def forward_rows(r0, r1, x, w_ih_t, w_ih_p, b, w_hh_t, w_hh_p, p, lengths, rever
     the other thread starts late or never, the RECURRENCE call does all the
     work itself, and it waits only on a piece being computed. Measured back
     to back against the projection on the loop's thread
-    (``benchmarks/numba_ab.py``, forward): T200-B1-I32-H64 0.93-0.94x,
-    T100-B2-I64-H64 0.80-0.82x, T100-B1-I128-H128 0.79x, T100-B3-I32-H64
-    0.87x.
+    (``benchmarks/numba_ab.py``, forward): T200-B1-I32-H64 0.94-0.96x,
+    T100-B2-I64-H64 0.79-0.81x, T100-B1-I128-H128 0.81x, T100-B3-I32-H64
+    0.90-0.91x (and with the weights packed over the last call's copy,
+    ``_backend._pack_transposed``, 0.92-0.95x, 0.86-0.89x, 0.79-0.83x
+    more).
     """
     _barrier.started(sync)
     T = x.shape[0]
     spans = 1 if role == ALONE else pieces.shape[0]
     span = -(-T // spans)
     # One call site each of the projection and of the time loop for every
-    # role: numba compiles a callee again into its caller at each call site
-    # (a second call site of each made the first call of this kernel
-    # compile ~3 s longer).
+    # role: with a second call site of each (the roles written apart) the
+    # first call of this kernel compiled ~1 s longer (15.5 against 14.5 s).
     for q in range(spans):
         s0 = q * span
         s1 = min(T, s0 + span)
