@@ -12,7 +12,10 @@ Each component is timed with the strategy the backend picks for that shape
 packed-weight kernel or the hand-written product; ``blas``: numba's np.dot on
 one thread, i.e. scipy's multi-threaded OpenBLAS). Medians in ms, and GFLOP/s for the
 products. This is the evidence for the "what limits it" notes in
-docs/benchmarks.md.
+docs/benchmarks.md. For a batch of 1-3 rows in one block the backend's forward
+computes the projection on a second thread while its time loop runs
+(``_kernels.forward_rows``'s roles); the parts are timed one after another, so
+there they overlap in the whole call and "rest" may be negative.
 """
 
 from __future__ import annotations
