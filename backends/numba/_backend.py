@@ -783,7 +783,7 @@ def _transposed(w, name):
 
 
 def _pack_stacked(w_ih, w_hh, b):
-    """[w_ih.T; w_hh.T; b] (I+H+1, 4H) packed for ``_packed.matmul_wide``
+    """[w_ih.T; w_hh.T; b] (I+H+1, 4H) packed for ``_packed.matmul_wide_pair``
     into scratch (``_scratch``): (P, I+H+1, L) aligned to a cache line,
     L = ``_packed.WIDE_PANEL`` of the dtype (32 for float32, 16 for
     float64), P = 4H/L rounded up. w_ih: (4H, I)  w_hh: (4H, H)  b: (4H,);

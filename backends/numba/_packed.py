@@ -254,13 +254,9 @@ _tile4 = _tile_intrinsic(4)
 # beyond a multiple of six.
 _tile1x6 = _tile_intrinsic(1, 6)
 _tile1 = _tile_intrinsic(1)
-# The same shapes on wide panels; the leftover rows span three of them
-# (twelve accumulators again).
-_wide6 = _tile_intrinsic(6, wide=True)
-_wide4 = _tile_intrinsic(4, wide=True)
-_wide1x3 = _tile_intrinsic(1, 3, wide=True)
-_wide1 = _tile_intrinsic(1, wide=True)
-# And with the left operand in two arrays (``matmul_wide_pair``).
+# The same shapes on wide panels, the left operand in two arrays
+# (``matmul_wide_pair``; ``matmul_wide`` leaves the second empty); the
+# leftover rows span three panels (twelve accumulators again).
 _pair6 = _tile_intrinsic(6, wide=True, two_sources=True)
 _pair4 = _tile_intrinsic(4, wide=True, two_sources=True)
 _pair1x3 = _tile_intrinsic(1, 3, wide=True, two_sources=True)
@@ -593,23 +589,9 @@ def matmul_wide(a, wp, c):
     """``matmul`` on wide panels: wp = pack(w) into L = WIDE_PANEL[dtype]
     columns per panel (twice PANEL), c as in ``matmul``. The same tiling:
     6- and 4-row tiles of one panel, the 1-3 rows left over in 1 x 3-panel
-    tiles, then 1 x 1."""
-    _check_operands(a.shape[1], a.shape[0], wp, c)
-    M = a.shape[0]
-    M6, M4 = _row_tiles(M)
-    P = wp.shape[0]
-    if M4 > 0:
-        for p in range(P):
-            for m0 in range(0, M6, 6):
-                _wide6(a, m0, wp, p, c)
-            for m0 in range(M6, M4, 4):
-                _wide4(a, m0, wp, p, c)
-    P3 = P - P % 3
-    for m0 in range(M4, M):
-        for p in range(0, P3, 3):
-            _wide1x3(a, m0, wp, p, c)
-        for p in range(P3, P):
-            _wide1(a, m0, wp, p, c)
+    tiles, then 1 x 1; run by ``matmul_wide_pair`` with an empty second
+    operand (whose K loop is skipped), so one set of wide tiles serves both."""
+    matmul_wide_pair(a, np.empty((a.shape[0], 0), a.dtype), wp, c)
 
 
 @njit(cache=True, nogil=True)
