@@ -272,6 +272,112 @@ def test_packed_products_refuse_operands_of_inconsistent_shapes():
         _packed.matmul(a[:, :5].copy(), narrow, c)
 
 
+# matmul_blocked: row counts tiled by 6s, by 6s and 4s, with 1-3 rows left
+# to the plain loop, across blocks of rows (BLOCK_M = 96) and of K
+# (BLOCK_K = 1024), K = 0, a range of the rows; a.T read from (K, M).
+@pytest.mark.parametrize("M,K,N", [(1, 5, 32), (3, 7, 40), (4, 1, 32), (6, 33, 64),
+                                   (13, 9, 20), (100, 1030, 70), (203, 40, 96), (7, 0, 32)])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_blocked_product_matches_a_float64_product(M, K, N, transposed, dtype):
+    width = _packed.WIDE_PANEL[dtype]
+    rng = np.random.default_rng(M * K + N)
+    a = rng.standard_normal((K, M) if transposed else (M, K)).astype(dtype)
+    w = rng.standard_normal((K, N)).astype(dtype)
+    wp = _backend._pack(w, "test", width)
+    A = (a.T if transposed else a).astype(np.float64)
+    want = A @ w.astype(np.float64)
+    tol = {"float32": 1e-5, "float64": 1e-13}[dtype] * max(1.0, np.abs(want).max()) * np.sqrt(K)
+    for m_begin, m_end in ((0, M), (M // 3, M - M // 4)):
+        c = np.full((M, _packed.padded(N, width)), np.nan, dtype)
+        _packed.matmul_blocked(a, wp, c, transposed, m_begin, m_end)
+        rows = c[m_begin:m_end]
+        assert np.abs(rows[:, :N] - want[m_begin:m_end]).max(initial=0) <= tol
+        assert (rows[:, N:] == 0).all()
+        assert np.isnan(c[:m_begin]).all() and np.isnan(c[m_end:]).all()  # rows outside left alone
+    with pytest.raises(ValueError, match="out of range"):
+        _packed.matmul_blocked(a, wp, c, transposed, 0, M + 1)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        _packed.matmul_blocked(a, wp, c[:, :-1].copy(), transposed, 0, M)
+
+
+def _gradient_inputs(T, B, I, H, dtype, seed=0):
+    """Random (da, x, w_ih, hprev) of one backward's gradient products."""
+    rng = np.random.default_rng(seed)
+    return tuple(rng.standard_normal(shape).astype(dtype)
+                 for shape in ((T, B, 4 * H), (T, B, I), (4 * H, I), (T, B, H)))
+
+
+# The packed gradient products against float64 ones: I and H that the wide
+# panels pad (x's and h's panels then sit side by side with zero columns
+# between, dx goes through a padded buffer) or not, T * B odd (a row of dx
+# left to the plain loop), several threads.
+@pytest.mark.parametrize("T,B,I,H", [(7, 5, 9, 20), (4, 3, 32, 16), (33, 3, 64, 40), (3, 1, 5, 3)])
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_packed_gradient_products_match_a_float64_product(T, B, I, H, nthreads, dtype):
+    da, x, w_ih, hprev = _gradient_inputs(T, B, I, H, dtype, seed=T * B + I)
+    dx, dw_ih = np.full((T, B, I), np.nan, dtype), np.full((4 * H, I), np.nan, dtype)
+    dw_hh, db = np.full((4 * H, H), np.nan, dtype), np.full(4 * H, np.nan, dtype)
+    phases = _backend._packed_gradient_phases(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db, nthreads)
+    for phase in phases:
+        _backend._run_tasks(phase, nthreads, blas=False)
+    n = T * B
+    da2 = da.reshape(n, 4 * H).astype(np.float64)
+    want = {"dx": da2 @ w_ih, "dw_ih": da2.T @ x.reshape(n, I), "dw_hh": da2.T @ hprev.reshape(n, H),
+            "db": da2.sum(axis=0)}
+    got = {"dx": dx.reshape(n, I), "dw_ih": dw_ih, "dw_hh": dw_hh, "db": db}
+    for name, value in got.items():
+        scale = max(1.0, float(np.abs(want[name]).max()))
+        assert np.abs(value - want[name]).max() / scale <= TOL[dtype] * np.sqrt(n), name
+
+
+def test_packed_gradients_rule():
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    rule = _backend._packed_gradients
+    assert rule(100, 16, 128, 128, f32) and rule(100, 16, 128, 128, f64)
+    assert rule(50, 256, 1024, 1024, f32)
+    assert not rule(20, 16, 32, 32, f32)  # too few multiply-adds to pay the packing
+    assert not rule(4, 16, 1024, 1024, f32)  # too few rows to pay w_ih's packing
+    assert rule(24, 16, 512, 512, f32) and not rule(23, 16, 512, 512, f32)
+    assert not rule(100, 16, 100, 100, f32)  # panels 28% zero columns
+    assert rule(100, 16, 120, 120, f32) and rule(100, 16, 120, 120, f64)  # 7% zero columns
+    assert not rule(100, 16, 100, 100, f64)  # 12%
+    assert not rule(100, 16, 128, 128, np.dtype(np.int32))
+    assert [len(_backend._tile_chunks(n, 4)) for n in (1, 36, 37, 512, 1600)] == [1, 1, 2, 4, 4]
+    for n, pieces in ((512, 4), (1600, 4), (37, 4), (4096, 8), (101, 2)):
+        chunks = _backend._tile_chunks(n, pieces)
+        assert chunks[0][0] == 0 and chunks[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+        assert all((n1 - n0) % 12 == 0 for n0, n1 in chunks[:-1])
+
+
+# A training step whose gradient products take the packed kernel (the rule
+# lowered to every size and padding), on the strategies whose loop runs on
+# our threads: against the reference, and bit-identical from call to call.
+@pytest.mark.parametrize("path,threads,products",
+                         [("rows", 2, kind) for kind in ROW_BLAS + PACKED]
+                         + [c for c in COLUMNS if c[1] == 2])
+@pytest.mark.parametrize("case", CASES[:5], ids=lambda c: f"T{c.T}B{c.B}I{c.I}H{c.H}")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_packed_gradient_products_in_a_training_step(monkeypatch, case, path, threads, products,
+                                                     dtype):
+    monkeypatch.setattr(_backend, "GRADIENT_PACKED_MIN_MACS", 0)
+    monkeypatch.setattr(_backend, "GRADIENT_PACKED_MIN_ROWS", 0)
+    monkeypatch.setattr(_backend, "GRADIENT_PACKED_MAX_PADDING", float("inf"))
+    used = []
+    phases = _backend._packed_gradient_phases
+    monkeypatch.setattr(_backend, "_packed_gradient_phases",
+                        lambda *args: used.append(1) or phases(*args))
+    test_strategy_matches_reference(case, path, threads, products, dtype)
+    assert used, "the packed gradient products were not used"
+    inputs = make_inputs(case, dtype)
+    backend = _backend.NumbaBackend(path, threads, products)
+    first, second = (_named(*_run(backend, inputs, case)) for _ in range(2))
+    for name in ("dx", "dw_ih", "dw_hh", "db"):
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
 # Every tile of matmul_few: 1-3 rows, panel counts with 0-3 panels beyond
 # its groups (4 panels for one row, 2 for more), in both directions, with and
 # without the start from c0 + b.

@@ -190,6 +190,25 @@ PROJECTION_SPANS = 16
 PROJECTION_AHEAD_MIN_MACS = 1 << 20
 
 
+#: The gradient products after the backward loop (dx = da @ w_ih,
+#: dw_ih = da.T @ x, dw_hh = da.T @ h_{t-1}) take the packed kernel over
+#: this many rows (T * B: the dw products' K, over which w_ih's packing
+#: for dx is spread) and multiply-adds, where the wide panels pad I and H
+#: by at most this factor (``_packed_gradients``). Measured, float32, two
+#: threads (2026-11-29, ``docs/benchmarks.md``), the products alone, packed
+#: / split single-threaded OpenBLAS: T100-B16-I128-H128 0.91,
+#: T100-B64-I256-H256 0.91, T50-B32-I256-H256 0.88, T100-B4-I256-H256 0.89,
+#: T50-B256-I1024-H1024 0.95; T100-B4-I64-H64 (2e7 multiply-adds) 1.01,
+#: T20-B16-I32-H32 1.04, T10-B8-I16-H16 1.49 (a few tens of us either way);
+#: T100-B16-I100-H100, whose panels compute 28% zero columns, 1.13. The
+#: whole backward, by rows: I = H = 512, T * B = 128, 256, 320, 512: 1.19,
+#: 1.13, 1.01-1.02, 0.90; I = H = 1024, 64 and 512 rows: 1.15-1.33 and
+#: 1.01; I = H = 128, 256-1024 rows: 0.94-0.98.
+GRADIENT_PACKED_MIN_ROWS = 384
+GRADIENT_PACKED_MIN_MACS = 1 << 25
+GRADIENT_PACKED_MAX_PADDING = 1.1
+
+
 @functools.lru_cache(maxsize=1024)
 def _row_blocks(B, nthreads, whole=False):
     """((r0, r1), ...): B rows cut into contiguous blocks of at most
@@ -314,6 +333,72 @@ def _gradient_tasks(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db, nthreads):
     return tasks
 
 
+def _packed_gradients(T, B, I, H, dtype):
+    """Whether the gradient products of a backward whose loop ran on our
+    threads take the packed kernel (``_packed_gradient_phases``) rather
+    than single-threaded BLAS split over the threads (``_gradient_tasks``):
+    float32 or float64 products over at least ``GRADIENT_PACKED_MIN_ROWS``
+    rows (T * B) and of at least ``GRADIENT_PACKED_MIN_MACS`` multiply-adds,
+    whose panels add at most ``GRADIENT_PACKED_MAX_PADDING`` of zero
+    columns (I and H are padded to the wide panel's width)."""
+    if not _packed.packable(dtype, I, 1):
+        return False
+    L = _packed.WIDE_PANEL_OF[np.dtype(dtype)]
+    columns = 2 * I + H
+    padded = 2 * _packed.padded(I, L) + _packed.padded(H, L)
+    return (T * B >= GRADIENT_PACKED_MIN_ROWS
+            and T * B * 4 * H * columns >= GRADIENT_PACKED_MIN_MACS
+            and padded <= GRADIENT_PACKED_MAX_PADDING * columns)
+
+
+def _tile_chunks(n, pieces):
+    """[(n0, n1), ...]: rows 0..n-1 in about ``pieces`` contiguous chunks of
+    at least 36 rows, each a multiple of 12 but the last, so that
+    ``_packed.matmul_blocked`` covers every chunk with 6-row tiles and the
+    last with 6- and 4-row tiles, leaving no row to its plain loop where n
+    is a multiple of 4 (4H always is)."""
+    chunk = max(36, -(-n // pieces))
+    chunk += -chunk % 12
+    return [(n0, min(n, n0 + chunk)) for n0 in range(0, n, chunk)]
+
+
+def _packed_gradient_phases(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db, nthreads):
+    """The products of ``_kernels.backward_products`` on the packed kernel,
+    as two task lists for ``_run_tasks``, run one after the other: the
+    packing of their right operands (x and h_{t-1} side by side in one
+    panel array, and w_ih), then dw_ih and dw_hh as one product
+    (``_kernels.weight_gradients_packed``) in blocks of 4H's rows, dx in
+    blocks of steps' rows, and db. The panels and the products' outputs are
+    scratch; the same blocks every call, so calls are bit-identical."""
+    T, B, G = da.shape
+    n = T * B
+    I = x.shape[2]
+    H = hprev.shape[2]
+    dtype = da.dtype
+    L = _packed.WIDE_PANEL_OF[dtype]
+    da2 = da.reshape(n, G)
+    x2 = x.reshape(n, I)
+    hprev2 = hprev.reshape(n, H)
+    dx2 = dx.reshape(n, I)
+    p_i = _packed.panels(I, L)
+    sources_p = _scratch.take("grad_sources_p", (p_i + _packed.panels(H, L), n, L), dtype)
+    both = _scratch.take("grad_both", (G, sources_p.shape[0] * L), dtype)
+    packing = [functools.partial(_kernels.pack_panels, x2, sources_p, 0),
+               functools.partial(_kernels.pack_panels, hprev2, sources_p, p_i)]
+    products = [functools.partial(_kernels.weight_gradients_packed, da2, sources_p, both,
+                                  dw_ih, dw_hh, g0, g1)
+                for g0, g1 in _tile_chunks(G, 2 * nthreads)]
+    copy = I % L != 0
+    out = _scratch.take("grad_dx", (n, p_i * L), dtype) if copy else dx2
+    w_ih_p = _scratch.take("grad_w_ih_p", (p_i, G, L), dtype)
+    packing.append(functools.partial(_kernels.pack_panels, np.ascontiguousarray(w_ih), w_ih_p, 0))
+    products += [functools.partial(_kernels.input_gradient_packed, da2, w_ih_p, out, dx2,
+                                   n0, n1, copy)
+                 for n0, n1 in _tile_chunks(n, 2 * nthreads)]
+    products.append(functools.partial(_kernels.bias_gradient, da2, db))
+    return packing, products
+
+
 class NumbaBackend(Backend):
     """LSTM primitive compiled with numba; float32 and float64, every feature.
 
@@ -328,7 +413,9 @@ class NumbaBackend(Backend):
     fewer than ``BLOCK_ROWS`` rows.
     row_products: how the rows path multiplies: ``"blas"`` (each row-block
     thread calls a single-threaded BLAS, and the gradient products after the
-    backward loop are split over the same threads; needs scipy's BLAS to be
+    backward loop are split over the same threads, on the packed kernel
+    where ``_packed_gradients`` says so, else on single-threaded BLAS;
+    needs scipy's BLAS to be
     an OpenBLAS, whose thread count ``_blas_threads`` sets), ``"packed"``
     (as ``"blas"``, but the per-step products run the micro-kernel of
     ``_packed`` on weights packed once per call, one row block per thread,
@@ -645,12 +732,18 @@ class NumbaBackend(Backend):
         dw_hh = np.empty((4 * H, H), dtype)
         db = np.empty(4 * H, dtype)
         if row_blas:
-            # Split over our threads with single-threaded BLAS, like the loop
-            # before them: a multi-threaded BLAS call here leaves its pool
-            # spinning for ~0.1 s, which slowed the next call's row threads
-            # (T100-B16-I128-H128: forward 7 ms after a backward instead of 4).
-            _run_tasks(_gradient_tasks(da, tape.x, tape.w_ih, hprev, dx, dw_ih, dw_hh, db,
-                                       nthreads), nthreads)
+            # Split over our threads, like the loop before them, with our
+            # packed kernel or single-threaded BLAS: a multi-threaded BLAS
+            # call here leaves its pool spinning for ~0.1 s, which slowed the
+            # next call's row threads (T100-B16-I128-H128: forward 7 ms after
+            # a backward instead of 4).
+            if _packed_gradients(T, B, I, H, dtype):
+                for phase in _packed_gradient_phases(da, tape.x, tape.w_ih, hprev, dx, dw_ih,
+                                                     dw_hh, db, nthreads):
+                    _run_tasks(phase, nthreads, blas=False)
+            else:
+                _run_tasks(_gradient_tasks(da, tape.x, tape.w_ih, hprev, dx, dw_ih, dw_hh, db,
+                                           nthreads), nthreads)
         else:
             _kernels.backward_products(da, tape.x, tape.w_ih, hprev, dx, dw_ih, dw_hh, db)
         dpeephole = dp.sum(axis=0) if tape.peephole is not None else None

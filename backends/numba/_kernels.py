@@ -823,3 +823,45 @@ def bias_gradient(da2, db, sync):
         row = da2[n]
         for j in range(da2.shape[1]):
             db[j] += row[j]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def pack_panels(source, wp, p0, sync):
+    """wp[p0:p0+P] = the (K, N) matrix ``source`` in wp.shape[2]-column
+    panels (``_packed.pack``), P = ``_packed.panels(N, L)``: one operand of
+    the packed gradient products (``weight_gradients_packed``,
+    ``input_gradient_packed``). sync: as ``forward_packed``."""
+    _barrier.started(sync)
+    L = wp.shape[2]
+    _packed.pack(source, wp[p0:p0 + (source.shape[1] + L - 1) // L])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def weight_gradients_packed(da2, sources_p, both, dw_ih, dw_hh, g0, g1, sync):
+    """Rows g0..g1-1 of dw_ih = da2.T @ x2 and dw_hh = da2.T @ hprev2 as one
+    blocked product (``_packed.matmul_blocked``, da2.T read in blocks):
+    sources_p holds x2 (N, I) then hprev2 (N, H) in wide panels (the
+    first ``panels(I, L)`` panels x2's), ``both`` (4H, P * L) receives the
+    product, and its rows are copied into dw_ih (4H, I) and dw_hh (4H, H).
+    da2: (N, 4H), N = T * B. One product for both weights: each block of
+    da2.T is copied once for both. sync: as ``forward_packed``."""
+    _barrier.started(sync)
+    _packed.matmul_blocked(da2, sources_p, both, True, g0, g1)
+    I = dw_ih.shape[1]
+    L = sources_p.shape[2]
+    first_h = (I + L - 1) // L * L
+    dw_ih[g0:g1] = both[g0:g1, :I]
+    dw_hh[g0:g1] = both[g0:g1, first_h:first_h + dw_hh.shape[1]]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def input_gradient_packed(da2, w_ih_p, out, dx2, n0, n1, copy, sync):
+    """Rows n0..n1-1 of dx2 (N, I) = da2 (N, 4H) @ w_ih (4H, I), w_ih in
+    wide panels (w_ih_p), through ``_packed.matmul_blocked`` into ``out``
+    (N, P * L); with ``copy`` (I not a multiple of the panel width) the
+    rows are then copied into dx2, otherwise out is dx2. sync: as
+    ``forward_packed``."""
+    _barrier.started(sync)
+    _packed.matmul_blocked(da2, w_ih_p, out, False, n0, n1)
+    if copy:
+        dx2[n0:n1] = out[n0:n1, :dx2.shape[1]]

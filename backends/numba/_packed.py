@@ -65,7 +65,7 @@ WIDE_PANEL = {name: 2 * width for name, width in PANEL.items()}
 WIDE_PANEL_OF = {np.dtype(name): width for name, width in WIDE_PANEL.items()}
 
 
-def _tile_intrinsic(rows, panels=1, start=False, wide=False, two_sources=False):
+def _tile_intrinsic(rows, panels=1, start=False, wide=False, two_sources=False, blocked=False):
     """An intrinsic ``tile(a, m0, wp, p, c)``: for each of the ``panels``
     panels q = p .. p+panels-1, c[m0:m0+rows, qL:qL+L] = a[m0:m0+rows, :] @ wp[q],
     for C-contiguous a (M, K), wp (P, K, L), c (M, N) of one float dtype,
@@ -88,14 +88,22 @@ def _tile_intrinsic(rows, panels=1, start=False, wide=False, two_sources=False):
     those of the one-array tile, in the same order, bit for bit.
 
     With ``wide``, the vectors have twice the lanes (512 bits) and
-    L = WIDE_PANEL[dtype]."""
+    L = WIDE_PANEL[dtype].
+
+    With ``blocked``, ``tile(a, m0, wp, p, c, k0, kc, i0, j0, accumulate)``:
+    one block of K, kc steps, from row k0 of the panels, and a's block from
+    row i0 and column j0 (i0, j0 = m0, k0 for a whole left operand; the
+    block's place in a copy of it), and when the runtime flag
+    ``accumulate`` is true the accumulators start from the tile of c
+    instead of zero: c[m0:m0+rows] += a[i0:i0+rows, j0:j0+kc] @ wp[q, k0:k0+kc]."""
 
     def typed(sources, wp, c, start_args):
         """(signature, codegen) of the tile for these argument types."""
         sources = tuple(sources)
         operands = sources + (wp, c) + start_args
-        flag = (types.boolean,) if start_args else ()
-        sig = types.void(*sources, types.intp, wp, types.intp, c, *start_args, *flag)
+        flag = (types.boolean,) if start_args or blocked else ()
+        block = (types.intp,) * 4 if blocked else ()
+        sig = types.void(*sources, types.intp, wp, types.intp, c, *start_args, *block, *flag)
         dtypes = {str(getattr(t, "dtype", "")) for t in operands}
         if len(dtypes) != 1 or next(iter(dtypes)) not in PANEL:
             raise TypeError(f"tile: the arrays must share a float32 or float64 dtype, got {dtypes}")
@@ -123,15 +131,26 @@ def _tile_intrinsic(rows, panels=1, start=False, wide=False, two_sources=False):
             def const(value):
                 return ir.Constant(i64, value)
 
-            # Per source: its rows' start pointers and its column count.
+            # Per source: a function giving the pointer to row i's k-th
+            # value at loop index k, the loop's count and its first k.
             segments = []
             for aty, a_v in zip(signature.args[:n_sources], source_values):
                 A = context.make_array(aty)(context, builder, a_v)
                 K_source = builder.extract_value(A.shape, 1)
+                # Blocked: a's block starts at row i0 = extra[2], column j0 = extra[3].
+                first_row = extra[2] if blocked else m0_v
                 row_pointers = [
-                    builder.gep(A.data, [builder.mul(builder.add(m0_v, const(i)), K_source)])
+                    builder.gep(A.data, [builder.mul(builder.add(first_row, const(i)), K_source)])
                     for i in range(rows)]
-                segments.append((row_pointers, K_source))
+                if blocked:
+                    row_pointers = [builder.gep(row, [extra[3]]) for row in row_pointers]
+                    count, first = extra[1], extra[0]
+                else:
+                    count, first = K_source, None
+
+                def value_pointer(i, k, row_pointers=row_pointers):
+                    return builder.gep(row_pointers[i], [k])
+                segments.append((value_pointer, count, first))
             N = builder.extract_value(C.shape, 1)
             K_panel = builder.extract_value(W.shape, 1)
             panel_size = builder.mul(K_panel, const(panel_width))
@@ -158,9 +177,10 @@ def _tile_intrinsic(rows, panels=1, start=False, wide=False, two_sources=False):
                         vectors.append(builder.bitcast(target, vec.as_pointer()))
                 return vectors
 
-            def k_loop(a_rows, count, first_k, accs_in):
+            def k_loop(value_pointer, count, first_k, accs_in):
                 """The accumulators after adding a[:, k] * wp[q, first_k + k]
-                for k = 0..count-1 (a_rows: the tile's row pointers)."""
+                for k = 0..count-1 (value_pointer(i, k): where row i's value
+                for loop index k lies)."""
                 entry = builder.block
                 loop = builder.append_basic_block("k_loop")
                 done = builder.append_basic_block("k_done")
@@ -182,7 +202,7 @@ def _tile_intrinsic(rows, panels=1, start=False, wide=False, two_sources=False):
                     w_halves.append(builder.load(high, align=align))
                 new = []
                 for i in range(rows):
-                    aik = builder.load(builder.gep(a_rows[i], [k]))
+                    aik = builder.load(value_pointer(i, k))
                     broadcast = builder.shuffle_vector(
                         builder.insert_element(undef, aik, ir.Constant(i32, 0)), undef, splat)
                     for h, w_half in enumerate(w_halves):
@@ -216,10 +236,17 @@ def _tile_intrinsic(rows, panels=1, start=False, wide=False, two_sources=False):
                         builder.load(ptr, align=align), bias_vector), zero)
                              for ptr, bias_vector in zip(row_vectors(C0.data, row_start), bias)]
 
+            if blocked:
+                accumulate = extra[4]
+                accs = []
+                for i in range(rows):
+                    row_start = builder.mul(builder.add(m0_v, const(i)), N)
+                    accs += [builder.select(accumulate, builder.load(ptr, align=align), zero)
+                             for ptr in row_vectors(C.data, row_start)]
             first_k = const(0)
-            for a_rows, K_source in segments:
-                accs = k_loop(a_rows, K_source, first_k, accs)
-                first_k = builder.add(first_k, K_source)
+            for value_pointer, count, first in segments:
+                accs = k_loop(value_pointer, count, first if blocked else first_k, accs)
+                first_k = builder.add(first_k, count)
             for i in range(rows):
                 row_start = builder.mul(builder.add(m0_v, const(i)), N)
                 for h, ptr in enumerate(row_vectors(C.data, row_start)):
@@ -228,9 +255,13 @@ def _tile_intrinsic(rows, panels=1, start=False, wide=False, two_sources=False):
 
         return sig, codegen
 
-    if start and two_sources:
-        raise ValueError("tile: start and two_sources together are not implemented")
-    if start:
+    if sum((start, two_sources, blocked)) > 1:
+        raise ValueError("tile: start, two_sources and blocked are exclusive")
+    if blocked:
+        @intrinsic
+        def tile(typingctx, a, m0, wp, p, c, k0, kc, i0, j0, accumulate):
+            return typed((a,), wp, c, ())
+    elif start:
         @intrinsic
         def tile(typingctx, a, m0, wp, p, c, c0, b, from_c0):
             return typed((a,), wp, c, (c0, b))
@@ -261,6 +292,10 @@ _pair6 = _tile_intrinsic(6, wide=True, two_sources=True)
 _pair4 = _tile_intrinsic(4, wide=True, two_sources=True)
 _pair1x3 = _tile_intrinsic(1, 3, wide=True, two_sources=True)
 _pair1 = _tile_intrinsic(1, wide=True, two_sources=True)
+# matmul_blocked: 6- and 4-row tiles on wide panels over one block of K,
+# adding to the output.
+_block6 = _tile_intrinsic(6, wide=True, blocked=True)
+_block4 = _tile_intrinsic(4, wide=True, blocked=True)
 # matmul_few: all of its 1-3 rows in one tile, so each weight vector loaded
 # feeds every row; (rows, panels) keeps 8-12 accumulators, and the leftover
 # panels go in one narrower tile. They can start from c0 + b (``start``).
@@ -622,6 +657,94 @@ def matmul_wide_pair(a, a2, wp, c):
             _pair1x3(a, a2, m0, wp, p, c)
         for p in range(P3, P):
             _pair1(a, a2, m0, wp, p, c)
+
+
+#: ``matmul_blocked``'s block of K and block of rows (a multiple of 6).
+#: Measured single-threaded, float32, 2026-11-29, GFLOP/s by (block of K,
+#: block of rows) against one OpenBLAS call: for (M, K, N) = (1600, 512,
+#: 128) 106-113 for any K block of 512 or more (91-102); (3200, 4096, 1024)
+#: 110-114 from 1024 (103-104), 105-106 at 256; a.T @ w at (512, 1600, 128)
+#: 98-101 (76-88), at (4096, 3200, 1024) 104-106 from 1024 (100), 94-96 at
+#: 256, 84-85 at 128; rows 48-384 within 2-3% of each other.
+BLOCK_K = 1024
+BLOCK_M = 96
+
+
+@njit(cache=True, nogil=True)
+def matmul_blocked(a, wp, c, transposed, m_begin, m_end):
+    """Rows m_begin..m_end-1 of c (M, N) = A @ w, on wide panels (wp =
+    pack(w), L = WIDE_PANEL[dtype], c as in ``matmul``): A = a (M, K), or
+    with ``transposed`` A = a.T for a (K, M). For products over all the
+    steps of a sequence, where ``matmul``'s panel no longer stays in cache:
+    the gradients of an LSTM's weights, dw = da.T @ x, have K = T * B.
+
+    K goes in blocks of ``BLOCK_K``, rows in blocks of ``BLOCK_M`` (6-row
+    tiles, then up to two 4-row tiles); for each, every panel's block is
+    multiplied by all the rows' tiles before the next panel, the tiles
+    adding to c after the first block of K. With ``transposed``, each block
+    of a.T is first copied into a (BLOCK_M, BLOCK_K) buffer, rows
+    contiguous: read in place, a tile's values at one k lie in one row of a,
+    and the rows of a, 4H values apart (a power of two for most H), fall in
+    the same few cache sets (a.T @ w read in place, (4096, 3200, 1024): 99
+    GFLOP/s against 106 copied). The 1-3 rows left over (a row count that is
+    not a sum of 6s and 4s) go through a plain loop."""
+    M = a.shape[1] if transposed else a.shape[0]
+    K = a.shape[0] if transposed else a.shape[1]
+    _check_operands(K, M, wp, c)
+    if not 0 <= m_begin <= m_end <= M:
+        raise ValueError("matmul_blocked: rows out of range")
+    P = wp.shape[0]
+    L = wp.shape[2]
+    M6, M4 = _row_tiles(m_end - m_begin)
+    M6 += m_begin
+    M4 += m_begin
+    if K == 0:
+        c[m_begin:m_end] = 0
+        return
+    block = np.empty((1, BLOCK_M, BLOCK_K) if transposed else (1, 1, 1), a.dtype)
+    for k0 in range(0, K, BLOCK_K):
+        kc = min(BLOCK_K, K - k0)
+        more = k0 > 0
+        for mb in range(m_begin, M4, BLOCK_M):
+            m6 = min(mb + BLOCK_M, M6)
+            m4 = min(mb + BLOCK_M, M4)
+            if transposed:
+                _copy_transposed(a, k0, kc, mb, m4 - mb, block)
+                source, shift, j0 = block[0], mb, 0
+            else:
+                source, shift, j0 = a, 0, k0
+            for p in range(P):
+                for m0 in range(mb, m6, 6):
+                    _block6(source, m0, wp, p, c, k0, kc, m0 - shift, j0, more)
+                for m0 in range(m6, m4, 4):
+                    _block4(source, m0, wp, p, c, k0, kc, m0 - shift, j0, more)
+    row = np.empty(L, c.dtype)
+    for m in range(M4, m_end):
+        for p in range(P):
+            row[:] = 0
+            for k in range(K):
+                value = a[k, m] if transposed else a[m, k]
+                for j in range(L):
+                    row[j] += value * wp[p, k, j]
+            c[m, p * L:(p + 1) * L] = row
+
+
+@njit(cache=True, nogil=True)
+def _copy_transposed(a, k0, kc, m0, mc, block):
+    """block[0, :mc, :kc] = a[k0:k0+kc, m0:m0+mc].T, for a (K, M) and block
+    (1, BM, BK), both C-contiguous: n x n blocks (n = 8 float32, 4 float64
+    values) transposed in registers, the edges one value at a time.
+    Row i of the result is row m0 + i of a.T, the rows and columns
+    swapped as ``_transpose_block`` names them."""
+    n = 32 // a.itemsize
+    mn = mc - mc % n
+    kn = kc - kc % n
+    for i in range(0, mn, n):
+        for k in range(0, kn, n):
+            _transpose_block(a, k0 + k, m0 + i, block, 0, i, k)
+    for i in range(mc):
+        for k in range(kn if i < mn else 0, kc):
+            block[0, i, k] = a[k0 + k, m0 + i]
 
 
 def packable(dtype, N, K) -> bool:
