@@ -22,12 +22,15 @@ import sys
 import tempfile
 
 # (label, T, B, I, H): the strategy each shape reaches with the default
-# settings on two threads (these calls are below PARALLEL_MIN_MACS: one thread).
+# settings on two threads (the first four calls are below PARALLEL_MIN_MACS:
+# one thread; the last, on two threads, compiles what the packed rows have
+# not: the packed gradient products of a backward over T*B >= 384 rows).
 STAGES = [
     ("packed rows (B=64, H=32)", 3, 64, 8, 32),
     ("BLAS rows (4 rows per thread, B=4, H=20)", 3, 4, 8, 20),
     ("packed rows, one-row block (B=1, H=32)", 3, 1, 8, 32),
     ("BLAS path (B=1, H=200)", 3, 1, 8, 200),
+    ("packed gradient products (T=24, B=16, H=128)", 24, 16, 64, 128),
 ]
 
 _CHILD = r"""

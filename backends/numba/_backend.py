@@ -366,9 +366,9 @@ def _packed_gradient_phases(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db, nthreads):
     """The products of ``_kernels.backward_products`` on the packed kernel,
     as two task lists for ``_run_tasks``, run one after the other: the
     packing of their right operands (x and h_{t-1} side by side in one
-    panel array, and w_ih), then dw_ih and dw_hh as one product
-    (``_kernels.weight_gradients_packed``) in blocks of 4H's rows, dx in
-    blocks of steps' rows, and db. The panels and the products' outputs are
+    panel array, and w_ih), then dw_ih and dw_hh as one product in blocks
+    of 4H's rows, dx in blocks of steps' rows (``_kernels.gradient_product``),
+    and db. The panels and the products' outputs are
     scratch; the same blocks every call, so calls are bit-identical."""
     T, B, G = da.shape
     n = T * B
@@ -383,17 +383,19 @@ def _packed_gradient_phases(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db, nthreads):
     p_i = _packed.panels(I, L)
     sources_p = _scratch.take("grad_sources_p", (p_i + _packed.panels(H, L), n, L), dtype)
     both = _scratch.take("grad_both", (G, sources_p.shape[0] * L), dtype)
+    w_ih_p = _scratch.take("grad_w_ih_p", (p_i, G, L), dtype)
     packing = [functools.partial(_kernels.pack_panels, x2, sources_p, 0),
-               functools.partial(_kernels.pack_panels, hprev2, sources_p, p_i)]
-    products = [functools.partial(_kernels.weight_gradients_packed, da2, sources_p, both,
-                                  dw_ih, dw_hh, g0, g1)
+               functools.partial(_kernels.pack_panels, hprev2, sources_p, p_i),
+               functools.partial(_kernels.pack_panels, np.ascontiguousarray(w_ih), w_ih_p, 0)]
+    products = [functools.partial(_kernels.gradient_product, da2, sources_p, both, True, g0, g1,
+                                  True, dw_ih, 0, dw_hh, p_i * L)
                 for g0, g1 in _tile_chunks(G, 2 * nthreads)]
+    # dx straight into dx2 where its columns fill whole panels.
     copy = I % L != 0
     out = _scratch.take("grad_dx", (n, p_i * L), dtype) if copy else dx2
-    w_ih_p = _scratch.take("grad_w_ih_p", (p_i, G, L), dtype)
-    packing.append(functools.partial(_kernels.pack_panels, np.ascontiguousarray(w_ih), w_ih_p, 0))
-    products += [functools.partial(_kernels.input_gradient_packed, da2, w_ih_p, out, dx2,
-                                   n0, n1, copy)
+    nothing = np.empty((n, 0), dtype)
+    products += [functools.partial(_kernels.gradient_product, da2, w_ih_p, out, False, n0, n1,
+                                   copy, dx2, 0, nothing, 0)
                  for n0, n1 in _tile_chunks(n, 2 * nthreads)]
     products.append(functools.partial(_kernels.bias_gradient, da2, db))
     return packing, products

@@ -829,39 +829,48 @@ def bias_gradient(da2, db, sync):
 def pack_panels(source, wp, p0, sync):
     """wp[p0:p0+P] = the (K, N) matrix ``source`` in wp.shape[2]-column
     panels (``_packed.pack``), P = ``_packed.panels(N, L)``: one operand of
-    the packed gradient products (``weight_gradients_packed``,
-    ``input_gradient_packed``). sync: as ``forward_packed``."""
-    _barrier.started(sync)
-    L = wp.shape[2]
-    _packed.pack(source, wp[p0:p0 + (source.shape[1] + L - 1) // L])
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def weight_gradients_packed(da2, sources_p, both, dw_ih, dw_hh, g0, g1, sync):
-    """Rows g0..g1-1 of dw_ih = da2.T @ x2 and dw_hh = da2.T @ hprev2 as one
-    blocked product (``_packed.matmul_blocked``, da2.T read in blocks):
-    sources_p holds x2 (N, I) then hprev2 (N, H) in wide panels (the
-    first ``panels(I, L)`` panels x2's), ``both`` (4H, P * L) receives the
-    product, and its rows are copied into dw_ih (4H, I) and dw_hh (4H, H).
-    da2: (N, 4H), N = T * B. One product for both weights: each block of
-    da2.T is copied once for both. sync: as ``forward_packed``."""
-    _barrier.started(sync)
-    _packed.matmul_blocked(da2, sources_p, both, True, g0, g1)
-    I = dw_ih.shape[1]
-    L = sources_p.shape[2]
-    first_h = (I + L - 1) // L * L
-    dw_ih[g0:g1] = both[g0:g1, :I]
-    dw_hh[g0:g1] = both[g0:g1, first_h:first_h + dw_hh.shape[1]]
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def input_gradient_packed(da2, w_ih_p, out, dx2, n0, n1, copy, sync):
-    """Rows n0..n1-1 of dx2 (N, I) = da2 (N, 4H) @ w_ih (4H, I), w_ih in
-    wide panels (w_ih_p), through ``_packed.matmul_blocked`` into ``out``
-    (N, P * L); with ``copy`` (I not a multiple of the panel width) the
-    rows are then copied into dx2, otherwise out is dx2. sync: as
+    the packed gradient products (``gradient_product``). sync: as
     ``forward_packed``."""
     _barrier.started(sync)
-    _packed.matmul_blocked(da2, w_ih_p, out, False, n0, n1)
+    L = wp.shape[2]
+    P = (source.shape[1] + L - 1) // L
+    if source.shape[0] != wp.shape[1] or not 0 <= p0 <= wp.shape[0] - P:
+        raise ValueError("pack_panels: the source does not fit the panels")
+    _packed.pack(source, wp[p0:p0 + P])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def gradient_product(a, wp, out, transposed, r0, r1, copy, first, first_at, second, second_at,
+                     sync):
+    """Rows r0..r1-1 of one gradient product after the backward loop,
+    ``_packed.matmul_blocked``: out (R, P * L) = A @ w for wp = w in wide
+    panels, A = a or, with ``transposed``, a.T; with ``copy``, those rows
+    of out are then copied into the gradients, first[r0:r1] =
+    out[r0:r1, first_at:first_at + first.shape[1]] and second likewise.
+
+    The backend's two uses (``_packed_gradient_phases``), da2 (N, 4H) being
+    da over all steps:
+    - dw_ih and dw_hh in one product, da2.T @ [x2 | hprev2] (x2 (N, I),
+      hprev2 (N, H) side by side in wp): transposed, first = dw_ih (4H, I)
+      at 0, second = dw_hh (4H, H) at ``padded(I, L)``;
+    - dx2 (N, I) = da2 @ w_ih: first = dx2 at 0 and an empty second where
+      I is no multiple of L, else out is dx2 and nothing is copied.
+    One kernel for both, so that the product is compiled once (two kernels
+    took ~2 s more). sync: as ``forward_packed``."""
+    _barrier.started(sync)
+    if transposed:
+        _packed.matmul_blocked(a, wp, out, True, r0, r1)
+    else:
+        _packed.matmul_blocked(a, wp, out, False, r0, r1)
     if copy:
-        dx2[n0:n1] = out[n0:n1, :dx2.shape[1]]
+        _copy_columns(out, first_at, first, r0, r1)
+        _copy_columns(out, second_at, second, r0, r1)
+
+
+@njit(cache=True, nogil=True)
+def _copy_columns(source, j0, out, r0, r1):
+    """out[r0:r1] = source[r0:r1, j0:j0+N] for out (R, N), by scalar
+    indexing: the same as two slices took ~1.5 s longer to compile."""
+    for r in range(r0, r1):
+        for j in range(out.shape[1]):
+            out[r, j] = source[r, j0 + j]
