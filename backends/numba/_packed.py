@@ -660,12 +660,13 @@ def matmul_wide_pair(a, a2, wp, c):
 
 
 #: ``matmul_blocked``'s block of K and block of rows (a multiple of 6).
-#: Measured single-threaded, float32, 2026-11-29, GFLOP/s by (block of K,
-#: block of rows) against one OpenBLAS call: for (M, K, N) = (1600, 512,
-#: 128) 106-113 for any K block of 512 or more (91-102); (3200, 4096, 1024)
-#: 110-114 from 1024 (103-104), 105-106 at 256; a.T @ w at (512, 1600, 128)
-#: 98-101 (76-88), at (4096, 3200, 1024) 104-106 from 1024 (100), 94-96 at
-#: 256, 84-85 at 128; rows 48-384 within 2-3% of each other.
+#: Measured single-threaded, float32, 2026-11-29, GFLOP/s against one
+#: OpenBLAS call (docs/benchmarks.md, "Gradient products on the packed
+#: kernel, blocked"): a @ w at (M, K, N) = (1600, 512, 128) 105-116 for K
+#: blocks of 512 or more (OpenBLAS 91-102), at (3200, 4096, 1024) 109-114
+#: from 1024, 97-106 at 256 (103-104); a.T @ w at (512, 1600, 128) 96-101
+#: (76-88), at (4096, 3200, 1024) 104-106 from 1024, 94-96 at 256 (100-101);
+#: blocks of 48-384 rows within 2-3% of each other.
 BLOCK_K = 1024
 BLOCK_M = 96
 
