@@ -200,13 +200,15 @@ PROJECTION_AHEAD_MIN_MACS = 1 << 20
 #: T100-B64-I256-H256 0.91, T50-B32-I256-H256 0.88, T100-B4-I256-H256 0.89,
 #: T50-B256-I1024-H1024 0.95; T100-B4-I64-H64 (2e7 multiply-adds) 1.01,
 #: T20-B16-I32-H32 1.04, T10-B8-I16-H16 1.49 (a few tens of us either way);
-#: T100-B16-I100-H100, whose panels compute 28% zero columns, 1.13. The
+#: T100-B16-I100-H100, whose panels compute 28% zero columns, 1.13, and
+#: 1.05-1.07 with 7-8% (T100-B16-I120-H120, T100-B8-I300-H200). The
 #: whole backward, by rows: I = H = 512, T * B = 128, 256, 320, 512: 1.19,
 #: 1.13, 1.01-1.02, 0.90; I = H = 1024, 64 and 512 rows: 1.15-1.33 and
-#: 1.01; I = H = 128, 256-1024 rows: 0.94-0.98.
+#: 1.01; I = H = 128, 256-1024 rows: 0.94-0.98; at 400 rows 0.84-1.10 by
+#: shape and run.
 GRADIENT_PACKED_MIN_ROWS = 384
 GRADIENT_PACKED_MIN_MACS = 1 << 25
-GRADIENT_PACKED_MAX_PADDING = 1.1
+GRADIENT_PACKED_MAX_PADDING = 1.05
 
 
 @functools.lru_cache(maxsize=1024)
