@@ -345,6 +345,16 @@ def test_packed_gradients_rule():
     assert rule(100, 16, 248, 248, f32) and rule(100, 16, 112, 112, f64)  # 3%, none
     assert not rule(100, 16, 100, 100, f64)  # 12%
     assert not rule(100, 16, 128, 128, np.dtype(np.int32))
+    # Packing refuses a source that does not fit its panels (the kernel
+    # would write past them).
+    wp = np.zeros((3, 8, 32), np.float32)
+    sync = np.zeros(2, np.int64)
+    _kernels.pack_panels(np.ones((8, 40), np.float32), wp, 1, sync)
+    assert (wp[1, :, :] == 1).all() and (wp[2, :, :8] == 1).all() and (wp[2, :, 8:] == 0).all()
+    for source, p0 in ((np.ones((9, 40), np.float32), 0), (np.ones((8, 40), np.float32), 2),
+                       (np.ones((8, 8), np.float32), -1)):
+        with pytest.raises(ValueError, match="does not fit"):
+            _kernels.pack_panels(source, wp, p0, sync)
     assert [len(_backend._tile_chunks(n, 4)) for n in (1, 36, 37, 512, 1600)] == [1, 1, 2, 4, 4]
     for n, pieces in ((512, 4), (1600, 4), (37, 4), (4096, 8), (101, 2)):
         chunks = _backend._tile_chunks(n, pieces)
