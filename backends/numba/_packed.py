@@ -744,9 +744,9 @@ def matmul_blocked(a, wp, c, transposed, m_begin, m_end):
 def _copy_transposed(a, k0, kc, m0, mc, block):
     """block[0, :mc, :kc] = a[k0:k0+kc, m0:m0+mc].T, for a (K, M) and block
     (1, BM, BK), both C-contiguous: n x n blocks (n = 8 float32, 4 float64
-    values) transposed in registers, the edges one value at a time.
-    Row i of the result is row m0 + i of a.T, the rows and columns
-    swapped as ``_transpose_block`` names them."""
+    values) transposed in registers, the edges one value at a time. In
+    ``_transpose_block``'s terms w is a, whose rows are the k's here, and
+    its output rows are the block's rows i (a's columns m0 + i)."""
     n = 32 // a.itemsize
     mn = mc - mc % n
     kn = kc - kc % n
