@@ -355,9 +355,9 @@ def test_packed_gradients_rule():
                        (np.ones((8, 8), np.float32), -1)):
         with pytest.raises(ValueError, match="does not fit"):
             _kernels.pack_panels(source, wp, p0, sync)
-    assert [len(_backend._tile_chunks(n, 4)) for n in (1, 36, 37, 512, 1600)] == [1, 1, 2, 4, 4]
+    assert [len(_backend._row_chunks(n, 4, 12)) for n in (1, 36, 37, 512, 1600)] == [1, 1, 2, 4, 4]
     for n, pieces in ((512, 4), (1600, 4), (37, 4), (4096, 8), (101, 2)):
-        chunks = _backend._tile_chunks(n, pieces)
+        chunks = _backend._row_chunks(n, pieces, 12)
         assert chunks[0][0] == 0 and chunks[-1][1] == n
         assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
         assert all((n1 - n0) % 12 == 0 for n0, n1 in chunks[:-1])

@@ -308,10 +308,15 @@ def _too_short_to_pack(T, B, I, H, nthreads, products):
             or (weights >= FEW_ROWS_LARGE_MIN_WEIGHTS and step_rows <= FEW_ROWS_LARGE_MAX_STEP_ROWS))
 
 
-def _row_chunks(n, pieces):
+def _row_chunks(n, pieces, multiple=1):
     """[(n0, n1), ...]: rows 0..n-1 in about ``pieces`` contiguous chunks of
-    at least 32 rows (each chunk is one product)."""
+    at least 32 rows (each chunk is one product), each a multiple of
+    ``multiple`` rows but the last. With 12 (``_packed_gradient_phases``),
+    ``_packed.matmul_blocked`` covers every chunk with 6-row tiles and the
+    last with 6- and 4-row tiles, leaving no row to its plain loop where n
+    is a multiple of 4 (4H always is)."""
     chunk = max(32, -(-n // pieces))
+    chunk += -chunk % multiple
     return [(n0, min(n, n0 + chunk)) for n0 in range(0, n, chunk)]
 
 
@@ -353,17 +358,6 @@ def _packed_gradients(T, B, I, H, dtype):
             and padded <= GRADIENT_PACKED_MAX_PADDING * columns)
 
 
-def _tile_chunks(n, pieces):
-    """[(n0, n1), ...]: rows 0..n-1 in about ``pieces`` contiguous chunks of
-    at least 36 rows, each a multiple of 12 but the last, so that
-    ``_packed.matmul_blocked`` covers every chunk with 6-row tiles and the
-    last with 6- and 4-row tiles, leaving no row to its plain loop where n
-    is a multiple of 4 (4H always is)."""
-    chunk = max(36, -(-n // pieces))
-    chunk += -chunk % 12
-    return [(n0, min(n, n0 + chunk)) for n0 in range(0, n, chunk)]
-
-
 def _packed_gradient_phases(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db, nthreads):
     """The products of ``_kernels.backward_products`` on the packed kernel,
     as two task lists for ``_run_tasks``, run one after the other: the
@@ -391,14 +385,14 @@ def _packed_gradient_phases(da, x, w_ih, hprev, dx, dw_ih, dw_hh, db, nthreads):
                functools.partial(_kernels.pack_panels, np.ascontiguousarray(w_ih), w_ih_p, 0)]
     products = [functools.partial(_kernels.gradient_product, da2, sources_p, both, True, g0, g1,
                                   True, dw_ih, 0, dw_hh, p_i * L)
-                for g0, g1 in _tile_chunks(G, 2 * nthreads)]
+                for g0, g1 in _row_chunks(G, 2 * nthreads, 12)]
     # dx straight into dx2 where its columns fill whole panels.
     copy = I % L != 0
     out = _scratch.take("grad_dx", (n, p_i * L), dtype) if copy else dx2
     nothing = np.empty((n, 0), dtype)
     products += [functools.partial(_kernels.gradient_product, da2, w_ih_p, out, False, n0, n1,
                                    copy, dx2, 0, nothing, 0)
-                 for n0, n1 in _tile_chunks(n, 2 * nthreads)]
+                 for n0, n1 in _row_chunks(n, 2 * nthreads, 12)]
     products.append(functools.partial(_kernels.bias_gradient, da2, db))
     return packing, products
 
